@@ -1,0 +1,46 @@
+"""`agentflow`: the console entry point. Subcommands register here, one module each."""
+
+from __future__ import annotations
+
+import importlib
+
+import click
+
+# (module, attribute) of each subcommand; imported lazily so `agentflow --help` stays fast
+# and a subcommand's heavy imports (torch, grpc) load only when it runs.
+_SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
+    "plan": ("agentflow.cli.plan", "plan", "Compile a workflow; print its step graph and steps-to-execution table."),
+    "validate": ("agentflow.cli.plan", "validate", "Validate a workflow file or module and report every problem."),
+    "schema": ("agentflow.cli.plan", "schema", "Print the JSON Schema of the workflow spec format."),
+    "workload": ("agentflow.cli.workload", "workload", "Convert real agent runs into replayable workloads; print their statistics."),
+}
+
+
+class _LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(_SUBCOMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in _SUBCOMMANDS:
+            return None
+        module, attr, _ = _SUBCOMMANDS[name]
+        return getattr(importlib.import_module(module), attr)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = [(name, _SUBCOMMANDS[name][2]) for name in self.list_commands(ctx)]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+
+@click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="agentflow-sched", prog_name="agentflow")
+def cli() -> None:
+    """agentflow: a workflow-aware orchestrator for multi-agent LLM programs."""
+
+
+def main() -> None:
+    cli()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,381 @@
+"""Workflows as files: a declarative spec (pydantic; JSON or YAML) that round-trips with the builder.
+
+    spec_version: 1
+    name: swe-agent
+    agents:
+      - {name: coder, system_prompt: "You fix bugs.", model: llama-3.1-8b, tools: [bash]}
+    tools:
+      - {name: bash, impl: "mytools:run_bash", duration_hint_s: 2.0}
+    steps:
+      - {name: think, kind: llm, agent: coder, prompt: "{task}", next: act}
+      - name: act
+        kind: tool
+        tool: bash
+        agent: coder
+        loop: {back_to: think, max_iterations: 30, expected_iterations: 12,
+               while: {key: done, op: falsy}}
+
+Each step says how it is left: `next`, `fan_out: {branches, join}`, `branch: {cases, default}`,
+or `loop` (+ `next` as its exit). A join step says `join: true`. Conditions are declarative
+(`{key, op, value}`) or a reference to a module-level function (`{ref: "pkg.mod:fn"}`). The
+published JSON Schema is `agentflow/schemas/workflow.schema.json` (`agentflow schema`).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from agentflow.conditions import Op, When, reference_of, resolve_reference
+from agentflow.errors import SpecError
+from agentflow.graph.model import Branch, Fork, Loop, Next, StepKind
+
+SPEC_VERSION = 1
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ConditionSpec(_Model):
+    key: str
+    op: Op = Op.TRUTHY
+    value: Any = None
+
+
+class RefSpec(_Model):
+    ref: str = Field(description="a module-level function 'package.module:function' taking the state")
+
+
+Condition = Union[ConditionSpec, RefSpec]
+
+
+class AgentSpec(_Model):
+    name: str = Field(min_length=1)
+    system_prompt: str
+    model: str = "default"
+    tools: list[str] = []
+
+
+class ToolSpec(_Model):
+    name: str = Field(min_length=1)
+    impl: str | None = Field(default=None, description="'package.module:function' that runs the tool")
+    duration_hint_s: float | None = Field(default=None, ge=0)
+    description: str = ""
+
+
+class CaseSpec(_Model):
+    to: str
+    when: Condition | None = None
+    probability: float | None = Field(default=None, ge=0, le=1)
+
+
+class BranchSpec(_Model):
+    cases: list[CaseSpec] = Field(min_length=1)
+    default: str | None = None
+    default_probability: float | None = Field(default=None, ge=0, le=1)
+
+
+class FanOutSpec(_Model):
+    branches: list[str] = Field(min_length=1)
+    join: str | None = None
+
+
+class LoopSpec(_Model):
+    back_to: str
+    max_iterations: int = Field(ge=1)
+    expected_iterations: float | None = Field(default=None, ge=1)
+    while_: Condition | None = Field(default=None, alias="while")
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class _StepBase(_Model):
+    name: str = Field(min_length=1)
+    next: str | None = None
+    fan_out: FanOutSpec | None = None
+    branch: BranchSpec | None = None
+    loop: LoopSpec | None = None
+    join: bool = Field(default=False, description="this step is the join of a fan-out")
+
+
+class LLMStepSpec(_StepBase):
+    kind: Literal["llm"] = "llm"
+    agent: str
+    prompt: str = ""
+    inputs: list[str] = []
+    expected_output_tokens: int = Field(default=256, ge=0)
+    max_tokens: int | None = Field(default=None, ge=1)
+
+
+class ToolStepSpec(_StepBase):
+    kind: Literal["tool"] = "tool"
+    tool: str
+    agent: str | None = None
+    args: dict[str, Any] = {}
+
+
+class NoopStepSpec(_StepBase):
+    kind: Literal["noop"] = "noop"
+
+
+StepSpec = Annotated[Union[LLMStepSpec, ToolStepSpec, NoopStepSpec], Field(discriminator="kind")]
+
+
+class WorkflowSpec(_Model):
+    spec_version: Literal[1] = SPEC_VERSION
+    name: str = Field(min_length=1)
+    description: str = ""
+    entry: str | None = Field(default=None, description="first step; default: the first listed")
+    agents: list[AgentSpec] = []
+    tools: list[ToolSpec] = []
+    steps: list[StepSpec] = Field(min_length=1)
+
+    # ---- to and from the builder ----------------------------------------------------------
+    def to_workflow(self, *, resolve: bool = False):
+        """A builder holding this spec. `resolve=True` imports tool and condition references now."""
+        from agentflow.workflow import Workflow
+
+        wf = Workflow(self.name, description=self.description)
+        for a in self.agents:
+            wf.agent(a.name, system_prompt=a.system_prompt, model=a.model, tools=a.tools)
+        for t in self.tools:
+            fn = _resolve(t.impl, f"tools[{t.name}].impl") if (resolve and t.impl) else None
+            wf.tool(t.name, fn, duration_hint_s=t.duration_hint_s, description=t.description, impl=t.impl)
+        for s in self.steps:
+            if isinstance(s, LLMStepSpec):
+                wf.llm(s.name, agent=s.agent, prompt=s.prompt, inputs=s.inputs,
+                       expected_output_tokens=s.expected_output_tokens, max_tokens=s.max_tokens)
+            elif isinstance(s, ToolStepSpec):
+                wf.call(s.name, tool=s.tool, agent=s.agent, args=s.args)
+            else:
+                wf.noop(s.name)
+        for s in self.steps:
+            where = f"steps[{s.name}]"
+            if s.fan_out is not None:
+                wf.fan_out(s.name, s.fan_out.branches, join=s.fan_out.join)
+            if s.branch is not None:
+                b = s.branch
+                probs = {c.to: c.probability for c in b.cases if c.probability is not None}
+                if b.default is not None and b.default_probability is not None:
+                    probs[b.default] = b.default_probability
+                wf.branch(s.name, {c.to: _condition(c.when, f"{where}.branch", resolve) for c in b.cases},
+                          default=b.default, probabilities=probs)
+            if s.loop is not None:
+                lp = s.loop
+                wf.loop(s.name, back_to=lp.back_to, max_iterations=lp.max_iterations,
+                        expected_iterations=lp.expected_iterations,
+                        while_=_condition(lp.while_, f"{where}.loop.while", resolve))
+            if s.next is not None:
+                if s.next in {t.name for t in self.steps if t.join}:
+                    wf.join([s.name], s.next)
+                else:
+                    wf.sequence(s.name, s.next)
+        if self.entry is not None:
+            wf.start(self.entry)
+        return wf
+
+    def compile(self, *, resolve: bool = False):
+        return self.to_workflow(resolve=resolve).compile()
+
+    @classmethod
+    def from_compiled(cls, compiled) -> "WorkflowSpec":
+        g = compiled.graph
+        joins = {r.join for r in g.regions.values() if r.join is not None}
+        steps = []
+        for name, st in compiled.steps.items():
+            edges: dict[str, Any] = {"join": name in joins}
+            t = g.transitions[name]
+            match t:
+                case Next(target=x):
+                    edges["next"] = x
+                case Fork(targets=xs, join=j):
+                    edges["fan_out"] = FanOutSpec(branches=list(xs), join=j)
+                case Branch(cases=cs, default=d, default_probability=pd):
+                    edges["branch"] = BranchSpec(
+                        cases=[CaseSpec(to=c.target, when=_condition_spec(c.when, f"step '{name}' case '{c.target}'"),
+                                        probability=round(c.probability, 12)) for c in cs],
+                        default=d, default_probability=round(pd, 12))
+                case Loop(back_to=h, exit=x, max_iterations=m, expected_iterations=e, while_=w):
+                    edges["loop"] = LoopSpec(back_to=h, max_iterations=m, expected_iterations=e,
+                                             while_=_condition_spec(w, f"step '{name}' loop"))
+                    if x is not None:
+                        edges["next"] = x
+            if st.kind is StepKind.LLM:
+                steps.append(LLMStepSpec(name=name, agent=st.agent, prompt=st.prompt, inputs=list(st.inputs),
+                                         expected_output_tokens=st.expected_output_tokens, max_tokens=st.max_tokens,
+                                         **edges))
+            elif st.kind is StepKind.TOOL:
+                steps.append(ToolStepSpec(name=name, tool=st.tool, agent=st.agent, args=dict(st.args), **edges))
+            else:
+                steps.append(NoopStepSpec(name=name, **edges))
+        for t in compiled.tools.values():
+            if t.fn is not None and t.impl is None:
+                raise SpecError(f"tool '{t.name}' is a function that cannot be imported by name (a lambda or a "
+                                "local function); define it at module level to write this workflow to a file")
+        return cls(
+            name=compiled.name, description=compiled.description, entry=compiled.entry,
+            agents=[AgentSpec(name=a.name, system_prompt=a.system_prompt, model=a.model, tools=list(a.tools))
+                    for a in compiled.agents.values()],
+            tools=[ToolSpec(name=t.name, impl=t.impl, duration_hint_s=t.duration_hint_s, description=t.description)
+                   for t in compiled.tools.values()],
+            steps=steps,
+        )
+
+    # ---- files ------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data, defaults left out, keys in reading order (name, kind, what, then edges)."""
+        data = self.model_dump(mode="json", by_alias=True, exclude_defaults=True)
+        steps = []
+        for raw, model in zip(data["steps"], self.steps):
+            first = {"name": raw.pop("name"), "kind": model.kind}  # the discriminator is never optional
+            edges = {k: raw.pop(k) for k in ("join", "next", "fan_out", "branch", "loop") if k in raw}
+            steps.append({**first, **raw, **edges})
+        data["steps"] = steps
+        return {"spec_version": SPEC_VERSION, **data}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True, width=100)
+
+    @classmethod
+    def parse(cls, text: str, *, source: str = "<string>", fmt: str | None = None) -> "WorkflowSpec":
+        fmt = fmt or ("json" if source.endswith(".json") else "yaml")
+        try:
+            data = json.loads(text) if fmt == "json" else yaml.safe_load(text)
+        except (json.JSONDecodeError, yaml.YAMLError) as e:
+            raise SpecError(f"not valid {fmt.upper()}: {e}", source=source) from None
+        if not isinstance(data, dict):
+            raise SpecError(f"a workflow file holds a mapping at top level, not {type(data).__name__}", source=source)
+        try:
+            return cls.model_validate(data)
+        except ValidationError as e:
+            err = e.errors()[0]
+            field = _loc(err["loc"], data)
+            more = f" (and {len(e.errors()) - 1} more)" if len(e.errors()) > 1 else ""
+            raise SpecError(f"{err['msg']}{more}", source=source, field=field) from None
+
+    @classmethod
+    def json_schema(cls) -> dict:
+        schema = cls.model_json_schema(by_alias=True)
+        schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+        schema["title"] = "agentflow workflow"
+        return schema
+
+
+def load_workflow(path: str | Path, *, resolve: bool = False):
+    """Compile the workflow in a YAML/JSON spec file, or in a Python file or module.
+
+    A Python file defines `workflow` (a Workflow or CompiledWorkflow) or `build()` returning one.
+    """
+    from agentflow.workflow import CompiledWorkflow, Workflow
+
+    p = Path(path)
+    if p.suffix in (".yaml", ".yml", ".json"):
+        if not p.exists():
+            raise SpecError("no such file", source=str(p))
+        return WorkflowSpec.parse(p.read_text(), source=str(p)).compile(resolve=resolve)
+    obj = _load_python(str(path))
+    if callable(getattr(obj, "build", None)):
+        obj = obj.build()
+    elif hasattr(obj, "workflow"):
+        obj = obj.workflow
+    if isinstance(obj, Workflow):
+        return obj.compile()
+    if isinstance(obj, CompiledWorkflow):
+        return obj
+    raise SpecError("defines neither `workflow` nor `build()` returning a Workflow", source=str(path))
+
+
+def _load_python(target: str):
+    import importlib
+    import importlib.util
+    import sys
+
+    p = Path(target)
+    if p.suffix == ".py":
+        if not p.exists():
+            raise SpecError("no such file", source=target)
+        name = f"_agentflow_workflow_{p.stem}"
+        spec = importlib.util.spec_from_file_location(name, p)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+        return module
+    try:
+        return importlib.import_module(target)
+    except ImportError as e:
+        raise SpecError(f"not a .yaml/.json/.py file and not an importable module: {e}", source=target) from None
+
+
+def _condition(c: Condition | None, where: str, resolve: bool):
+    if c is None:
+        return None
+    if isinstance(c, ConditionSpec):
+        return When(c.key, c.op, c.value)
+    if resolve:
+        return _resolve(c.ref, where)
+    return _LazyRef(c.ref)
+
+
+class _LazyRef:
+    """A condition reference imported on first use, so planning never imports user code."""
+
+    __slots__ = ("ref", "_fn")
+
+    def __init__(self, ref: str):
+        self.ref, self._fn = ref, None
+
+    def __call__(self, state):
+        if self._fn is None:
+            self._fn = resolve_reference(self.ref)
+        return self._fn(state)
+
+    def __eq__(self, other):
+        return isinstance(other, _LazyRef) and other.ref == self.ref
+
+    def __hash__(self):
+        return hash(self.ref)
+
+
+def _condition_spec(fn, where: str) -> Condition | None:
+    if fn is None:
+        return None
+    if isinstance(fn, When):
+        return ConditionSpec(key=fn.key, op=fn.op, value=fn.value)
+    if isinstance(fn, _LazyRef):
+        return RefSpec(ref=fn.ref)
+    ref = reference_of(fn)
+    if ref is None:
+        raise SpecError(f"the condition of {where} is a lambda or local function; use agentflow.when(...) or a "
+                        "module-level function to write this workflow to a file")
+    return RefSpec(ref=ref)
+
+
+def _resolve(ref: str, where: str):
+    try:
+        return resolve_reference(ref)
+    except ValueError as e:
+        raise SpecError(str(e), field=where) from None
+
+
+def _loc(loc: tuple, data: Any) -> str:
+    """pydantic's error location as a readable path, with step names instead of indices."""
+    out, cur = "", data
+    for part in loc:
+        if isinstance(part, int):
+            name = cur[part].get("name") if isinstance(cur, list) and part < len(cur) and isinstance(cur[part], dict) else None
+            out += f"[{part}]" + (f"({name})" if name else "")
+            cur = cur[part] if isinstance(cur, list) and part < len(cur) else None
+        else:
+            if part in ("llm", "tool", "noop") and isinstance(cur, dict) and cur.get("kind") == part:
+                continue  # the discriminator adds the variant name; the user never wrote it
+            out += ("." if out else "") + str(part)
+            cur = cur.get(part) if isinstance(cur, dict) else None
+    return out

@@ -1,0 +1,379 @@
+"""The workflow DSL: build, then compile, then run.
+
+    wf = Workflow("swe-agent")
+    wf.agent("coder", system_prompt="You fix bugs.", model="llama-3.1-8b", tools=["bash"])
+    wf.tool("bash", run_bash, duration_hint_s=2.0)
+    wf.llm("think", agent="coder", prompt="{task}")
+    wf.call("act", tool="bash", agent="coder")
+    wf.sequence("think", "act")
+    wf.loop("act", back_to="think", max_iterations=30, expected_iterations=12, while_=when("done", "falsy"))
+    compiled = wf.compile()          # validates everything; raises WorkflowValidationError
+
+The builder only records what the author says. `compile()` checks it all at once and reports
+every problem with the step it concerns and how to fix it; the `CompiledWorkflow` it returns is
+immutable and is the only thing that runs (or is planned, replayed, or sent over the wire).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+from agentflow.conditions import When
+from agentflow.errors import Problem, ProblemCode, WorkflowError
+from agentflow.graph.model import (
+    Branch, Case, ConditionFn, Fork, Loop, Next, StepGraph, StepKind, StepNode, Transition,
+    branch_probabilities,
+)
+
+P = ProblemCode
+DEFAULT_OUTPUT_TOKENS = 256
+CHARS_PER_TOKEN = 4  # planning estimate of prompt sizes when no tokenizer is involved
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Agent:
+    name: str
+    system_prompt: str
+    model: str = "default"
+    tools: tuple[str, ...] = ()
+
+    @property
+    def system_prompt_tokens(self) -> int:
+        return max(1, len(self.system_prompt) // CHARS_PER_TOKEN)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Tool:
+    name: str
+    fn: Callable[..., Any] | None = None  # sync or async; None: declared for planning only
+    duration_hint_s: float | None = None
+    description: str = ""
+    impl: str | None = None  # "module:function", for workflows loaded from files
+
+    @property
+    def is_async(self) -> bool:
+        return self.fn is not None and inspect.iscoroutinefunction(self.fn)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Step:
+    """A step as the author wrote it (what runs); the graph keeps what planning needs."""
+
+    name: str
+    kind: StepKind
+    agent: str | None = None
+    tool: str | None = None
+    prompt: str = ""  # LLM steps: a template over the program state, e.g. "Fix: {task}"
+    inputs: tuple[str, ...] = ()  # LLM steps: upstream steps whose outputs enter this prompt
+    args: Mapping[str, Any] = field(default_factory=dict)  # tool steps: keyword arguments (templates)
+    expected_output_tokens: int = DEFAULT_OUTPUT_TOKENS
+    max_tokens: int | None = None
+
+
+@dataclass(frozen=True, eq=False, kw_only=True)
+class CompiledWorkflow:
+    """A validated, immutable workflow. Only this runs."""
+
+    name: str
+    description: str
+    agents: Mapping[str, Agent]
+    tools: Mapping[str, Tool]
+    steps: Mapping[str, Step]
+    graph: StepGraph
+
+    @property
+    def entry(self) -> str:
+        return self.graph.entry
+
+    def spec(self):
+        """The declarative spec (pydantic) of this workflow; see `agentflow.spec`."""
+        from agentflow.spec import WorkflowSpec
+
+        return WorkflowSpec.from_compiled(self)
+
+
+class Workflow:
+    """Builder of a multi-agent program. Methods return the step name so calls can chain."""
+
+    def __init__(self, name: str, *, description: str = ""):
+        if not name or not isinstance(name, str):
+            raise WorkflowError("a workflow needs a non-empty name")
+        self.name = name
+        self.description = description
+        self._agents: dict[str, Agent] = {}
+        self._tools: dict[str, Tool] = {}
+        self._steps: dict[str, Step] = {}
+        self._entry: str | None = None
+        self._next: dict[str, str] = {}
+        self._fork: dict[str, Fork] = {}
+        self._branch: dict[str, tuple[list[tuple[str, ConditionFn | None]], str | None, dict[str, float]]] = {}
+        self._loop: dict[str, dict[str, Any]] = {}
+        self._joins: dict[str, tuple[str, ...]] = {}
+        self._problems: list[Problem] = []  # found while building; reported by compile()
+
+    # ---- declarations ---------------------------------------------------------------------
+    def agent(self, name: str, *, system_prompt: str, model: str = "default", tools: Iterable[str] = ()) -> str:
+        if name in self._agents:
+            self._dup("agent", name)
+        self._agents[name] = Agent(name=name, system_prompt=system_prompt, model=model, tools=tuple(tools))
+        return name
+
+    def tool(self, name: str, fn: Callable[..., Any] | None = None, *, duration_hint_s: float | None = None,
+             description: str = "", impl: str | None = None) -> str:
+        if name in self._tools:
+            self._dup("tool", name)
+        if duration_hint_s is not None and duration_hint_s < 0:
+            self._problems.append(Problem(code=P.BAD_VALUE, step=None,
+                                          message=f"tool '{name}' has a negative duration hint",
+                                          fix="give duration_hint_s in seconds, >= 0"))
+        if fn is not None and impl is None:
+            from agentflow.conditions import reference_of
+
+            impl = reference_of(fn)
+        self._tools[name] = Tool(name=name, fn=fn, duration_hint_s=duration_hint_s,
+                                 description=description or (inspect.getdoc(fn) or "" if fn else ""), impl=impl)
+        return name
+
+    def llm(self, name: str, *, agent: str, prompt: str = "", inputs: Iterable[str] = (),
+            expected_output_tokens: int = DEFAULT_OUTPUT_TOKENS, max_tokens: int | None = None) -> str:
+        if expected_output_tokens < 0:
+            self._problems.append(Problem(code=P.BAD_VALUE, step=name,
+                                          message="expected_output_tokens is negative", fix="give a count >= 0"))
+        return self._add(Step(name=name, kind=StepKind.LLM, agent=agent, prompt=prompt, inputs=tuple(inputs),
+                              expected_output_tokens=expected_output_tokens, max_tokens=max_tokens))
+
+    def call(self, name: str, *, tool: str, agent: str | None = None, args: Mapping[str, Any] | None = None) -> str:
+        return self._add(Step(name=name, kind=StepKind.TOOL, tool=tool, agent=agent, args=dict(args or {}),
+                              expected_output_tokens=0))
+
+    def noop(self, name: str) -> str:
+        """A step that does nothing: a routing point for branches and loops."""
+        return self._add(Step(name=name, kind=StepKind.NOOP, expected_output_tokens=0))
+
+    def start(self, step: str) -> None:
+        """Set the entry step (default: the first step added)."""
+        self._entry = step
+
+    # ---- edges ----------------------------------------------------------------------------
+    def sequence(self, *steps: str) -> None:
+        for a, b in zip(steps, steps[1:]):
+            self._set_next(a, b)
+
+    def fan_out(self, source: str, branches: Iterable[str], *, join: str | None = None) -> None:
+        """Start every branch after `source`; `join` runs once all of them have ended."""
+        self._claim(source, "fan_out")
+        self._fork[source] = Fork(targets=tuple(branches), join=join)
+
+    def join(self, ends: Iterable[str], step: str) -> None:
+        """Lead the last step of each parallel branch into `step`, the join of their fan-out."""
+        ends = tuple(ends)
+        for e in ends:
+            self._set_next(e, step)
+        self._joins[step] = tuple(self._joins.get(step, ())) + ends
+
+    def branch(self, source: str, cases: Mapping[str, ConditionFn | When], *, default: str | None = None,
+               probabilities: Mapping[str, float] | None = None) -> None:
+        """After `source`, go to the first case whose condition holds, else to `default`.
+
+        `cases` maps target step -> condition. `probabilities` (target -> p) are for planning;
+        targets without one share what is left equally with the default.
+        """
+        self._claim(source, "branch")
+        self._branch[source] = (list(cases.items()), default, dict(probabilities or {}))
+
+    def loop(self, source: str, *, back_to: str, max_iterations: int, expected_iterations: float | None = None,
+             while_: ConditionFn | When | None = None, exit: str | None = None) -> None:
+        """After `source`, repeat from `back_to` while `while_` holds, at most `max_iterations` times.
+
+        `expected_iterations` (default: half the maximum, at least 1) is for planning. The loop
+        continues to `exit` (or to what `sequence(source, ...)` says) when done.
+        """
+        if source in self._loop or source in self._fork or source in self._branch:
+            self._conflict(source, "loop")
+        if expected_iterations is None:
+            expected_iterations = max(1.0, max_iterations / 2) if max_iterations >= 1 else 1.0
+        self._loop[source] = dict(back_to=back_to, max_iterations=max_iterations,
+                                  expected_iterations=float(expected_iterations), while_=while_)
+        if exit is not None:
+            self._set_next(source, exit)
+
+    def subworkflow(self, name: str, workflow: "Workflow | CompiledWorkflow") -> tuple[str, list[str]]:
+        """Inline another workflow as steps named `name/<step>`.
+
+        Returns (entry, exits): connect into the entry and out of each exit. Agents and tools
+        are shared by name; the same name must mean the same definition.
+        """
+        sub = workflow.compile() if isinstance(workflow, Workflow) else workflow
+        for a in sub.agents.values():
+            if a.name in self._agents and self._agents[a.name] != a:
+                self._problems.append(Problem(
+                    code=P.DUPLICATE_NAME, step=name,
+                    message=f"sub-workflow '{sub.name}' defines agent '{a.name}' differently from this workflow",
+                    fix="rename one of them, or use the same definition"))
+            self._agents.setdefault(a.name, a)
+        for t in sub.tools.values():
+            self._tools.setdefault(t.name, t)
+        q = lambda s: f"{name}/{s}"  # noqa: E731
+        for s in sub.steps.values():
+            self._add(Step(name=q(s.name), kind=s.kind, agent=s.agent, tool=s.tool, prompt=s.prompt,
+                           inputs=tuple(q(i) for i in s.inputs), args=s.args,
+                           expected_output_tokens=s.expected_output_tokens, max_tokens=s.max_tokens))
+        exits = []
+        for s, t in sub.graph.transitions.items():
+            match t:
+                case None:
+                    exits.append(q(s))
+                case Next(target=x):
+                    self._set_next(q(s), q(x))
+                case Fork(targets=xs, join=j):
+                    self.fan_out(q(s), [q(x) for x in xs], join=q(j) if j else None)
+                case Branch(cases=cs, default=d, default_probability=_):
+                    self.branch(q(s), {q(c.target): c.when for c in cs}, default=q(d),
+                                probabilities={q(c.target): c.probability for c in cs})
+                case Loop(back_to=h, exit=x, max_iterations=m, expected_iterations=e, while_=w):
+                    self.loop(q(s), back_to=q(h), max_iterations=m, expected_iterations=e, while_=w,
+                              exit=q(x) if x else None)
+                    if x is None:
+                        exits.append(q(s))
+        for j, ends in sub_joins(sub).items():
+            self._joins[q(j)] = tuple(q(e) for e in ends)
+        return q(sub.entry), exits
+
+    # ---- compile --------------------------------------------------------------------------
+    def compile(self) -> CompiledWorkflow:
+        problems = list(self._problems)
+        problems += self._check_names()
+        transitions: dict[str, Transition | None] = {}
+        for s in self._steps:
+            transitions[s] = self._transition(s, problems)
+        nodes = {s: self._node(step) for s, step in self._steps.items()}
+        entry = self._entry or (next(iter(self._steps)) if self._steps else "")
+        graph = StepGraph.build(self.name, entry=entry, steps=nodes, transitions=transitions,
+                                declared_joins=self._joins, extra_problems=problems)
+        return CompiledWorkflow(
+            name=self.name, description=self.description,
+            agents=MappingProxyType(dict(self._agents)), tools=MappingProxyType(dict(self._tools)),
+            steps=MappingProxyType(dict(self._steps)), graph=graph,
+        )
+
+    # ---- internals ------------------------------------------------------------------------
+    def _add(self, step: Step) -> str:
+        if step.name in self._steps:
+            self._dup("step", step.name)
+            return step.name
+        if not step.name or step.name.startswith("__"):
+            self._problems.append(Problem(code=P.BAD_VALUE, step=step.name or "<empty>",
+                                          message="step names must be non-empty and not start with '__'",
+                                          fix="rename the step"))
+        self._steps[step.name] = step
+        return step.name
+
+    def _dup(self, what: str, name: str) -> None:
+        self._problems.append(Problem(code=P.DUPLICATE_NAME, step=name if what == "step" else None,
+                                      message=f"{what} '{name}' is defined twice",
+                                      fix=f"give each {what} a unique name"))
+
+    def _claim(self, source: str, how: str) -> None:
+        if source in self._next or source in self._fork or source in self._branch:
+            self._conflict(source, how)
+
+    def _conflict(self, source: str, how: str) -> None:
+        self._problems.append(Problem(
+            code=P.CONFLICTING_EDGES, step=source,
+            message=f"{how} adds a second way to leave this step",
+            fix="a step has one successor kind: sequence, fan_out, branch, or loop (+ its exit); "
+                "put a noop step in between to combine them"))
+
+    def _set_next(self, a: str, b: str) -> None:
+        if a in self._fork or a in self._branch or (a in self._next and self._next[a] != b):
+            self._conflict(a, f"an edge to '{b}'")
+            return
+        self._next[a] = b
+
+    def _transition(self, s: str, problems: list[Problem]) -> Transition | None:
+        if s in self._fork:
+            return self._fork[s]
+        if s in self._branch:
+            cases, default, probs = self._branch[s]
+            targets = [t for t, _ in cases]
+            if default is None:
+                problems.append(Problem(code=P.NO_DEFAULT_BRANCH, step=s,
+                                        message=f"branch to {targets} has no default",
+                                        fix="add default='<step>' for when no condition holds"))
+                default = targets[0] if targets else s
+            unknown = [t for t in probs if t not in targets and t != default]
+            if unknown:
+                problems.append(Problem(code=P.BAD_PROBABILITY, step=s,
+                                        message=f"probability given for {unknown}, which is not a case of this branch",
+                                        fix=f"give probabilities only for {targets + [default]}"))
+            given = {i: probs[t] for i, t in enumerate(targets) if t in probs}
+            if default in probs:
+                p_cases, _ = branch_probabilities(len(targets), given)
+                rest = 1.0 - probs[default] - sum(given.values())
+                free = [i for i in range(len(targets)) if i not in given]
+                p_cases = [given.get(i, rest / len(free) if free else 0.0) for i in range(len(targets))]
+                p_default = probs[default] if free else 1.0 - sum(p_cases)
+            else:
+                p_cases, p_default = branch_probabilities(len(targets), given)
+            return Branch(cases=tuple(Case(target=t, when=w, probability=p) for (t, w), p in zip(cases, p_cases)),
+                          default=default, default_probability=p_default)
+        if s in self._loop:
+            d = self._loop[s]
+            return Loop(back_to=d["back_to"], exit=self._next.get(s), max_iterations=d["max_iterations"],
+                        expected_iterations=d["expected_iterations"], while_=d["while_"])
+        if s in self._next:
+            return Next(self._next[s])
+        return None
+
+    def _node(self, step: Step) -> StepNode:
+        prompt_tokens = 0
+        if step.kind is StepKind.LLM:
+            prompt_tokens = max(1, len(step.prompt) // CHARS_PER_TOKEN) if step.prompt else 0
+        hint = self._tools[step.tool].duration_hint_s if step.tool in self._tools else None
+        return StepNode(name=step.name, kind=step.kind, agent=step.agent, tool=step.tool,
+                        expected_prompt_tokens=prompt_tokens, expected_output_tokens=step.expected_output_tokens,
+                        duration_hint_s=hint)
+
+    def _check_names(self) -> list[Problem]:
+        out: list[Problem] = []
+        agents, tools = sorted(self._agents), sorted(self._tools)
+        for a in self._agents.values():
+            for t in a.tools:
+                if t not in self._tools:
+                    out.append(Problem(code=P.UNKNOWN_TOOL, step=None,
+                                       message=f"agent '{a.name}' may call tool '{t}', which is not defined",
+                                       fix=f"define it with tool('{t}', fn) or remove it (tools: {tools or 'none'})"))
+        for s in self._steps.values():
+            if s.kind is StepKind.LLM and s.agent not in self._agents:
+                out.append(Problem(code=P.UNKNOWN_AGENT, step=s.name, message=f"unknown agent '{s.agent}'",
+                                   fix=f"define it with agent('{s.agent}', ...) or use one of: {agents or 'none'}"))
+            if s.kind is StepKind.TOOL:
+                if s.tool not in self._tools:
+                    out.append(Problem(code=P.UNKNOWN_TOOL, step=s.name, message=f"unknown tool '{s.tool}'",
+                                       fix=f"define it with tool('{s.tool}', fn) or use one of: {tools or 'none'}"))
+                if s.agent is not None:
+                    if s.agent not in self._agents:
+                        out.append(Problem(code=P.UNKNOWN_AGENT, step=s.name, message=f"unknown agent '{s.agent}'",
+                                           fix=f"define it or use one of: {agents or 'none'}"))
+                    elif s.tool in self._tools and s.tool not in self._agents[s.agent].tools:
+                        out.append(Problem(code=P.TOOL_NOT_ALLOWED, step=s.name,
+                                           message=f"agent '{s.agent}' may not call tool '{s.tool}'",
+                                           fix=f"add '{s.tool}' to agent('{s.agent}', tools=[...])"))
+            for i in s.inputs:
+                if i not in self._steps:
+                    out.append(Problem(code=P.UNKNOWN_STEP, step=s.name, message=f"reads the output of unknown step '{i}'",
+                                       fix="name an existing upstream step in inputs=[...]"))
+        return out
+
+
+def sub_joins(compiled: CompiledWorkflow) -> dict[str, tuple[str, ...]]:
+    """The joins of a compiled workflow, with the branch ends that lead into them."""
+    out: dict[str, tuple[str, ...]] = {}
+    for reg in compiled.graph.regions.values():
+        if reg.join is not None:
+            out[reg.join] = tuple(p for p in compiled.graph.nx_graph.predecessors(reg.join) if p in reg.branch_of)
+    return out

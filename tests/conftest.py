@@ -1,0 +1,31 @@
+"""Shared test fixtures.
+
+`needs_shared` tests read real data from ../shared (relative to the project root, or
+$AGENTFLOW_SHARED). Without the data they skip locally; under CI=true a missing file is an
+error, never a skip.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("AGENTFLOW_SHARED", ROOT.parent / "shared"))
+
+
+def shared_file(relative: str) -> Path:
+    """Path of a file under ../shared; skip (locally) or fail (CI=true) when it is missing."""
+    path = SHARED / relative
+    if not path.exists():
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"needs_shared: {path} is missing and CI=true")
+        pytest.skip(f"needs_shared: {path} is missing")
+    return path
+
+
+@pytest.fixture
+def shared():
+    return shared_file
