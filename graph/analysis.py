@@ -82,7 +82,7 @@ class _Computation:
         self.dmin = np.full((n, self.A), INF)
         self.hit = np.zeros((n, self.A))
         self.g_ = np.zeros((n, self.A))  # E[T * 1{hit}]
-        self.exit_min = np.zeros(n)
+        self.exit_min = np.full(n, INF)  # relaxed down; every step reaches its exit (validated)
         self.exit_exp = np.zeros(n)
         self.rem_calls = np.zeros(n)
         self.rem_tokens = np.zeros(n)
@@ -200,7 +200,7 @@ class _Computation:
                 if v in self.macro:
                     best = np.minimum(best, self.macro[v]["inside_min"])
                 self.dmin[r] = np.where(own[r], 0.0, best)
-                self.exit_min[r] = em if em < INF else 0.0
+                self.exit_min[r] = em
         # ---- expected values: x = b + M x over the component -----------------------------
         m = len(comp)
         pos = {v: i for i, v in enumerate(comp)}
