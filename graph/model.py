@@ -187,8 +187,9 @@ class StepGraph:
         if problems:
             raise WorkflowValidationError(name, problems)
         regions, region_of, more = _find_regions(steps, transitions)
-        loops, loop_problems = _find_loops(steps, transitions, region_of)
-        more += loop_problems
+        if more:
+            raise WorkflowValidationError(name, more)
+        loops, more = _find_loops(steps, transitions, region_of)
         if more:
             raise WorkflowValidationError(name, more)
         g = nx.DiGraph(name=name)
@@ -379,7 +380,8 @@ def _find_regions(steps, transitions) -> tuple[dict[str, Region], dict[str, str 
             seen, stack = {b}, [b]
             while stack:
                 u = stack.pop()
-                for e in edges_of(u, transitions.get(u)):
+                out = edges_of(u, transitions.get(u)) or [Edge(u, END, EdgeKind.NEXT, 1.0)]
+                for e in out:
                     if e.target == END:
                         if t.join is not None:
                             problems.append(Problem(
