@@ -61,17 +61,55 @@ class GraphTables:
     rem_calls: np.ndarray  # (steps,) expected LLM calls from this step (inclusive) to the region exit
     rem_tokens: np.ndarray  # (steps,) expected prompt + output tokens of those calls
     disabled_loops: frozenset[str]
+    macro: dict  # per fork: what its branches contribute (kept to re-solve loop bodies)
 
     def row(self, step: str) -> int:
         return self.index[step]
 
+    @property
+    def stacked(self) -> np.ndarray:
+        """(steps, 3, agents): dmin, dexp, 1 - hit; one gather serves a combination."""
+        s = self.__dict__.get("_stacked")
+        if s is None:
+            s = np.stack([self.dmin, self.dexp, 1.0 - self.hit], axis=1)
+            object.__setattr__(self, "_stacked", s)
+        return s
+
+    @property
+    def remaining(self) -> np.ndarray:
+        """(steps, 2): expected remaining calls and tokens."""
+        s = self.__dict__.get("_remaining")
+        if s is None:
+            s = np.stack([self.rem_calls, self.rem_tokens], axis=1)
+            object.__setattr__(self, "_remaining", s)
+        return s
+
     @classmethod
-    def compute(cls, graph: StepGraph, *, disabled_loops: frozenset[str] = frozenset()) -> "GraphTables":
-        return _Computation(graph, disabled_loops).run()
+    def compute(cls, graph: StepGraph) -> "GraphTables":
+        return _Computation(graph, frozenset()).run()
+
+    def without_loops(self, graph: StepGraph, disabled: frozenset[str]) -> "GraphTables":
+        """Tables where the loops in `disabled` have no iterations left.
+
+        Only rows of steps inside those loops' bodies change: a step outside a body reaches
+        the loop, if at all, through its head, i.e. afresh with every iteration available.
+        So the bodies are re-solved with the back edges removed, reading the original rows
+        at the loop exits; the cost is the size of the bodies, not of the graph.
+        """
+        comp = _Computation(graph, disabled, base=self)
+        by_region: dict[str | None, set[str]] = {}
+        for loop in disabled:
+            for s in graph.loops[loop].body:
+                if graph.region_of[s] == graph.region_of[loop]:
+                    by_region.setdefault(graph.region_of[loop], set()).add(s)
+        for region, members in by_region.items():
+            exit_step = graph.regions[region].join if region is not None else None
+            comp.solve_region([s for s in graph.steps if s in members], exit_step=exit_step)
+        return comp.finish()
 
 
 class _Computation:
-    def __init__(self, graph: StepGraph, disabled: frozenset[str]):
+    def __init__(self, graph: StepGraph, disabled: frozenset[str], base: GraphTables | None = None):
         self.g = graph
         self.disabled = disabled
         self.agents = graph.agents
@@ -92,6 +130,12 @@ class _Computation:
                 self.own[self.index[s], self.aidx[node.agent]] = True
         # Fork macro data, filled when the fork's own region has been solved.
         self.macro: dict[str, dict] = {}
+        if base is not None:  # start from solved tables; only some rows will be re-solved
+            self.dmin, self.hit = base.dmin.copy(), base.hit.copy()
+            self.g_ = np.where(base.hit > 0, base.hit * np.where(np.isinf(base.dexp), 0.0, base.dexp), 0.0)
+            self.exit_min, self.exit_exp = base.exit_min.copy(), base.exit_exp.copy()
+            self.rem_calls, self.rem_tokens = base.rem_calls.copy(), base.rem_tokens.copy()
+            self.macro = base.macro
 
     # -- successors inside a region ------------------------------------------------------
     def succ(self, v: str, exit_step: str | None):
@@ -125,6 +169,9 @@ class _Computation:
             self.make_macro(reg.fork)
         top = [s for s in g.steps if g.region_of[s] is None]
         self.solve_region(top, exit_step=None)
+        return self.finish()
+
+    def finish(self) -> GraphTables:
         with np.errstate(invalid="ignore", divide="ignore"):
             dexp = np.where(self.hit > 1e-12, self.g_ / np.maximum(self.hit, 1e-300), INF)
         dexp = np.where(self.own, 0.0, dexp)
@@ -135,7 +182,7 @@ class _Computation:
             dmin=self.dmin, hit=np.clip(self.hit, 0.0, 1.0), dexp=dexp,
             exit_min=self.exit_min, exit_exp=self.exit_exp,
             rem_calls=self.rem_calls, rem_tokens=self.rem_tokens,
-            disabled_loops=self.disabled,
+            disabled_loops=self.disabled, macro=self.macro,
         )
 
     def make_macro(self, fork: str):
@@ -164,13 +211,18 @@ class _Computation:
         sub = nx.DiGraph()
         sub.add_nodes_from(members)
         succs = {v: self.succ(v, exit_step) for v in members}
+        inside = set(members)
+        rows = [self.index[v] for v in members]
+        self.dmin[rows] = INF  # relaxation only lowers values: start re-solved rows from the top
+        self.exit_min[rows] = INF
         for v, lst in succs.items():
             for t, _, _, _ in lst:
-                if t != _EXIT:
+                if t in inside:  # others are solved already (or are the exit)
                     sub.add_edge(v, t)
         cond = nx.condensation(sub)
+        order = {v: i for i, v in enumerate(members)}
         for c in reversed(list(nx.topological_sort(cond))):
-            comp = sorted(cond.nodes[c]["members"], key=members.index)
+            comp = sorted(cond.nodes[c]["members"], key=order.__getitem__)
             cyclic = len(comp) > 1 or sub.has_edge(comp[0], comp[0])
             self.solve_component(comp, succs, cyclic)
 

@@ -33,6 +33,7 @@ import networkx as nx
 
 from agentflow.errors import Problem, ProblemCode, WorkflowValidationError
 
+_NO_LOOPS: frozenset[str] = frozenset()
 END = "__end__"  # pseudo-target used in successor lists: the program (or branch) ends
 
 
@@ -241,19 +242,17 @@ class StepGraph:
     @property
     def analysis(self):
         """Steps-to-execution tables, computed once on first use (see `analysis.py`)."""
-        from agentflow.graph.analysis import GraphTables
+        tables = self._analysis.get(_NO_LOOPS)
+        if tables is None:
+            from agentflow.graph.analysis import GraphTables
 
-        key = frozenset()
-        if key not in self._analysis:
-            self._analysis[key] = GraphTables.compute(self, disabled_loops=key)
-        return self._analysis[key]
+            tables = self._analysis[_NO_LOOPS] = GraphTables.compute(self)
+        return tables
 
     def analysis_without(self, disabled_loops: frozenset[str]):
         """Tables for the same graph with some loops' back edges removed (exhausted loops)."""
-        from agentflow.graph.analysis import GraphTables
-
         if disabled_loops not in self._analysis:
-            self._analysis[disabled_loops] = GraphTables.compute(self, disabled_loops=disabled_loops)
+            self._analysis[disabled_loops] = self.analysis.without_loops(self, disabled_loops)
         return self._analysis[disabled_loops]
 
 

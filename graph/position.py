@@ -49,16 +49,28 @@ class Position:
         return not self.active
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
 class ProgramEstimate:
-    """What a program's position says about its agents and its remaining work."""
+    """What a program's position says about its agents and its remaining work.
 
-    agents: tuple[str, ...]
-    steps_min: np.ndarray  # per agent: fewest rounds until its next LLM call (inf: never again)
-    hit_probability: np.ndarray  # per agent: probability that it runs again
-    steps_expected: np.ndarray  # per agent: expected rounds, given that it runs again
-    remaining_calls: float  # expected LLM calls left, active steps included
-    remaining_tokens: float  # expected prompt + output tokens of those calls
+    A plain slotted class rather than a frozen dataclass: one is built per scheduler event,
+    and a frozen dataclass's __init__ costs several microseconds. Treat it as immutable.
+    """
+
+    __slots__ = ("agents", "steps_min", "hit_probability", "steps_expected", "remaining_calls",
+                 "remaining_tokens")
+
+    def __init__(self, *, agents: tuple[str, ...], steps_min: np.ndarray, hit_probability: np.ndarray,
+                 steps_expected: np.ndarray, remaining_calls: float, remaining_tokens: float):
+        self.agents = agents
+        self.steps_min = steps_min  # per agent: fewest rounds until its next LLM call (inf: never again)
+        self.hit_probability = hit_probability  # per agent: probability that it runs again
+        self.steps_expected = steps_expected  # per agent: expected rounds, given that it runs again
+        self.remaining_calls = remaining_calls  # expected LLM calls left, active steps included
+        self.remaining_tokens = remaining_tokens  # expected prompt + output tokens of those calls
+
+    def __repr__(self) -> str:
+        return (f"ProgramEstimate(steps={self.steps_to_execution()}, remaining_calls={self.remaining_calls:.2f}, "
+                f"remaining_tokens={self.remaining_tokens:.0f})")
 
     def steps_to_execution(self) -> dict[str, float]:
         return {a: float(v) for a, v in zip(self.agents, self.steps_min)}
@@ -71,14 +83,17 @@ def _tables_for(graph: StepGraph, position: Position) -> GraphTables:
     if not position.loop_iterations:
         return graph.analysis
     exhausted = []
+    loops = graph.loops
     for loop, done in position.loop_iterations.items():
-        info = graph.loops.get(loop)
+        info = loops.get(loop)
         if info is None:
             raise PositionError(f"workflow '{graph.name}' has no loop at step '{loop}'")
+        if done + 1 < info.max_iterations and done >= 0:
+            continue  # iterations left: the default tables hold
         if done < 0 or done >= info.max_iterations:
             raise PositionError(
                 f"loop at '{loop}' has completed {done} iterations; it allows 0..{info.max_iterations - 1}")
-        if done + 1 >= info.max_iterations and info.body & position.active:
+        if not info.body.isdisjoint(position.active):
             exhausted.append(loop)
     return graph.analysis_without(frozenset(exhausted)) if exhausted else graph.analysis
 
@@ -107,7 +122,10 @@ def estimate(graph: StepGraph, position: Position) -> ProgramEstimate:
     contributions: list[tuple[int, float, float]] = []
     regions = graph.regions
     while len(pending) > 1 or None not in pending:
-        fork = max((r for r in pending if r is not None), key=lambda r: regions[r].depth)
+        if len(pending) == 1:
+            (fork,) = pending
+        else:
+            fork = max((r for r in pending if r is not None), key=lambda r: regions[r].depth)
         entries = pending.pop(fork)
         contributions += entries
         join = regions[fork].join
@@ -121,18 +139,18 @@ def estimate(graph: StepGraph, position: Position) -> ProgramEstimate:
     return _combine(tables, contributions)
 
 
-def _combine(tables: GraphTables, contributions: Iterable[tuple[int, float, float]]) -> ProgramEstimate:
-    steps_min = None
-    miss = None
-    steps_exp = None
-    calls = tokens = 0.0
-    for r, o_min, o_exp in contributions:
-        d = tables.dmin[r] + o_min
-        e = tables.dexp[r] + o_exp
-        steps_min = d if steps_min is None else np.minimum(steps_min, d)
-        steps_exp = e if steps_exp is None else np.minimum(steps_exp, e)
-        miss = 1.0 - tables.hit[r] if miss is None else miss * (1.0 - tables.hit[r])
-        calls += float(tables.rem_calls[r])
-        tokens += float(tables.rem_tokens[r])
-    return ProgramEstimate(agents=tables.agents, steps_min=steps_min, hit_probability=1.0 - miss,
-                           steps_expected=steps_exp, remaining_calls=calls, remaining_tokens=tokens)
+def _combine(tables: GraphTables, contributions: list[tuple[int, float, float]]) -> ProgramEstimate:
+    # One gather per table over all contributing rows: the cost hardly grows with their number.
+    if len(contributions) == 1 and contributions[0][1] == 0.0 and contributions[0][2] == 0.0:
+        r = contributions[0][0]
+        return ProgramEstimate(agents=tables.agents, steps_min=tables.dmin[r], hit_probability=tables.hit[r],
+                               steps_expected=tables.dexp[r], remaining_calls=float(tables.rem_calls[r]),
+                               remaining_tokens=float(tables.rem_tokens[r]))
+    rows, o_min, o_exp = zip(*contributions)
+    block = tables.stacked[list(rows)]  # (k, 3, agents): dmin, dexp, 1 - hit
+    offsets = np.array((o_min, o_exp)).T[:, :, None]  # (k, 2, 1)
+    best = (block[:, :2] + offsets).min(axis=0)
+    hit = 1.0 - block[:, 2].prod(axis=0)
+    rem = tables.remaining[list(rows)].sum(axis=0)
+    return ProgramEstimate(agents=tables.agents, steps_min=best[0], hit_probability=hit,
+                           steps_expected=best[1], remaining_calls=float(rem[0]), remaining_tokens=float(rem[1]))

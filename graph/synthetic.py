@@ -104,3 +104,58 @@ def random_workflow(seed: int, shape: Shape = Shape(), *, name: str | None = Non
         exits = x2
     wf.start(entry)
     return wf
+
+
+def random_walk(graph, rng: random.Random, *, max_events: int = 10_000):
+    """Yield the positions of one random run, one finished step at a time.
+
+    Steps finish one by one (as a scheduler sees them); successors follow the planning
+    probabilities; a loop repeats while iterations are left. Ends when the program does.
+    """
+    from agentflow.graph.model import Branch, Fork, Loop, Next
+    from agentflow.graph.position import Position
+
+    joins = {reg.join: f for f, reg in graph.regions.items() if reg.join is not None}
+    active: list[str] = [graph.entry]
+    waiting: set[str] = set()
+    counters: dict[str, int] = {}
+    for _ in range(max_events):
+        if not active:
+            return
+        s = active.pop(rng.randrange(len(active)))
+        t = graph.transitions[s]
+        nxt: list[str] = []
+        if isinstance(t, Next):
+            nxt = [t.target]
+        elif isinstance(t, Fork):
+            nxt = list(t.targets)
+        elif isinstance(t, Branch):
+            r, acc, pick = rng.random(), 0.0, t.default
+            for c in t.cases:
+                acc += c.probability
+                if r < acc:
+                    pick = c.target
+                    break
+            nxt = [pick]
+        elif isinstance(t, Loop):
+            done = counters.get(s, 0)
+            if done + 1 < t.max_iterations and rng.random() < t.continue_probability:
+                counters[s] = done + 1
+                nxt = [t.back_to]
+            else:
+                counters.pop(s, None)
+                nxt = [t.exit] if t.exit is not None else []
+        for x in nxt:
+            (waiting.add if x in joins else active.append)(x)
+        released = True
+        while released:
+            released = False
+            for j in sorted(waiting):
+                f = joins[j]
+                if not any(f in graph.region_chain(x) for x in active) and \
+                        not any(f in graph.region_chain(w) for w in waiting):
+                    waiting.discard(j)
+                    active.append(j)
+                    released = True
+        live = {k: v for k, v in counters.items() if graph.loops[k].body & set(active)}
+        yield Position.of(*active, loop_iterations=live)

@@ -1,0 +1,133 @@
+"""Workflow files: round trips with the builder, clear errors, the published JSON Schema."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jsonschema
+import pytest
+
+from agentflow import SpecError, Workflow, WorkflowSpec, WorkflowValidationError, load_workflow, when
+from agentflow.graph.synthetic import Shape, random_workflow
+
+ROOT = Path(__file__).resolve().parents[1]
+SCHEMA = ROOT / "agentflow" / "schemas" / "workflow.schema.json"
+
+
+def is_even(state) -> bool:  # a module-level condition: written to files as a reference
+    return state.get("n", 0) % 2 == 0
+
+
+def sample() -> Workflow:
+    wf = Workflow("sample", description="all edge kinds")
+    wf.agent("a", system_prompt="You plan.", model="llama-3.1-8b", tools=["search"])
+    wf.agent("b", system_prompt="You write.")
+    wf.tool("search", duration_hint_s=0.5, impl="tests.test_spec:is_even")
+    wf.llm("plan", agent="a", prompt="Task: {task}", expected_output_tokens=64)
+    wf.call("s1", tool="search", agent="a", args={"q": "{task}"})
+    wf.llm("s2", agent="b", inputs=["plan"])
+    wf.noop("join")
+    wf.llm("check", agent="a")
+    wf.llm("fix", agent="b")
+    wf.llm("done", agent="b", max_tokens=100)
+    wf.fan_out("plan", ["s1", "s2"], join="join")
+    wf.join(["s1", "s2"], "join")
+    wf.sequence("join", "check")
+    wf.branch("check", {"fix": when("bugs", "gt", 0)}, default="done", probabilities={"fix": 0.25})
+    wf.loop("fix", back_to="check", max_iterations=3, expected_iterations=1.5, while_=is_even, exit="done")
+    return wf
+
+
+def test_yaml_and_json_round_trip_exactly():
+    compiled = sample().compile()
+    spec = compiled.spec()
+    for text, fmt in ((spec.to_yaml(), "yaml"), (spec.to_json(), "json")):
+        again = WorkflowSpec.parse(text, fmt=fmt)
+        assert again == spec
+        recompiled = again.compile()
+        assert recompiled.spec() == spec
+        assert dict(recompiled.graph.transitions).keys() == dict(compiled.graph.transitions).keys()
+
+
+def test_conditions_survive_as_declarative_or_reference():
+    spec = sample().compile().spec()
+    check = next(s for s in spec.steps if s.name == "check")
+    assert check.branch.cases[0].when.model_dump(mode="json") == {"key": "bugs", "op": "gt", "value": 0}
+    fix = next(s for s in spec.steps if s.name == "fix")
+    assert fix.loop.while_.ref == "tests.test_spec:is_even"
+    compiled = WorkflowSpec.parse(spec.to_yaml()).compile()
+    loop = compiled.graph.transitions["fix"]
+    assert loop.while_({"n": 4}) is True and loop.while_({"n": 3}) is False
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_random_workflows_round_trip(seed):
+    compiled = random_workflow(seed, Shape(num_steps=20)).compile()
+    spec = compiled.spec()
+    assert WorkflowSpec.parse(spec.to_yaml()).compile().spec() == spec
+
+
+def test_a_lambda_cannot_be_written_to_a_file():
+    wf = Workflow("l")
+    wf.agent("a", system_prompt="x")
+    wf.llm("s", agent="a")
+    wf.llm("t", agent="a")
+    wf.llm("u", agent="a")
+    wf.branch("s", {"t": lambda st: True}, default="u")
+    with pytest.raises(SpecError, match="lambda"):
+        wf.compile().spec()
+
+
+@pytest.mark.parametrize("text, field, message", [
+    ("name: x\nsteps: []\n", "steps", "at least 1"),
+    ("name: x\nsteps:\n  - {name: s, kind: llm}\n", "steps[0](s).agent", "Field required"),
+    ("name: x\nsteps:\n  - {name: s, kind: robot}\n", "steps[0](s)", "does not match any of the expected tags"),
+    ("name: x\nsteps:\n  - {name: s, kind: llm, agent: a, loop: {back_to: s, max_iterations: 0}}\n",
+     "steps[0](s).loop.max_iterations", "greater than or equal to 1"),
+    ("name: x\nsteps:\n  - {name: s, kind: tool, tool: t, colour: red}\n", "steps[0](s).colour", "Extra inputs"),
+    ("name: x\nspec_version: 2\nsteps:\n  - {name: s, kind: noop}\n", "spec_version", "Input should be 1"),
+])
+def test_malformed_files_name_the_field(text, field, message):
+    with pytest.raises(SpecError) as info:
+        WorkflowSpec.parse(text, source="wf.yaml")
+    assert info.value.field == field
+    assert message in str(info.value)
+    assert str(info.value).startswith("wf.yaml, field ")
+
+
+def test_invalid_yaml_and_wrong_top_level():
+    with pytest.raises(SpecError, match="not valid YAML"):
+        WorkflowSpec.parse("name: [unclosed", source="a.yaml")
+    with pytest.raises(SpecError, match="mapping at top level"):
+        WorkflowSpec.parse("- 1\n- 2\n", source="a.yaml")
+
+
+def test_a_valid_file_with_a_broken_workflow_reports_the_steps(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text(
+        "name: bad\n"
+        "agents: [{name: a, system_prompt: hi}]\n"
+        "steps:\n"
+        "  - {name: s, kind: llm, agent: ghost, next: t}\n"
+        "  - {name: t, kind: llm, agent: a, next: s}\n"
+    )
+    with pytest.raises(WorkflowValidationError) as info:
+        load_workflow(path)
+    text = str(info.value)
+    assert "step 's': unknown agent 'ghost'" in text
+    assert "the cycle" in text
+
+
+def test_missing_file_is_a_spec_error(tmp_path):
+    with pytest.raises(SpecError, match="no such file"):
+        load_workflow(tmp_path / "none.yaml")
+
+
+def test_published_schema_is_current_and_validates_specs():
+    assert SCHEMA.exists(), "run: agentflow schema -o agentflow/schemas/workflow.schema.json"
+    published = json.loads(SCHEMA.read_text())
+    assert published == WorkflowSpec.json_schema(), "stale: run agentflow schema -o agentflow/schemas/workflow.schema.json"
+    jsonschema.validate(sample().compile().spec().to_dict(), published)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({"name": "x", "steps": [{"name": "s", "kind": "robot"}]}, published)
