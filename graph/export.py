@@ -20,13 +20,20 @@ The SVG layout is a small Sugiyama-style layered drawing:
   3. order within layers: DFS discovery order, then barycenter sweeps down and up; the order
      with the fewest crossings wins.
   4. loop back edges are not part of the DAG. Each gets a *lane*: one slot per layer of its
-     span, placed just right of the rightmost item of the loop body in that layer (inner
-     loops first, so nested loops nest outwards). The edge leaves its source to the right,
-     runs up the lane and enters its head from the right, dashed, with its `≤N` label.
+     span, just outside the loop body in that layer (inner loops first, so nested loops nest
+     outwards), on the right unless the left side crosses fewer edges. The edge leaves its
+     source sideways, runs up the lane and enters its head from the same side, dashed, with
+     its `≤N` label. A one-step loop is a small hook on the step's right.
   5. x: alternate passes pull each item toward the weighted mean of its neighbours above
      (or below); each layer then solves min Σ w (x - want)² subject to the order and the
      spacing exactly, as an isotonic regression (pool adjacent violators). Dummies and lanes
-     weigh more, so long edges and loops run straight.
+     weigh more, so long edges and loops run straight; finally each lane is lined up at its
+     outermost slot, pushing what lies beyond it outward.
+  6. y: layer bands, with more room under layers whose edges carry labels. Branch labels sit
+     near the next hop (and reserve width there), since a decision's edges leave one point.
+
+Text widths are estimated per character (no font metrics here); long names are cut with "…"
+and kept whole in each box's <title> tooltip.
 """
 
 from __future__ import annotations
@@ -268,7 +275,8 @@ def to_dot(graph: StepGraph) -> str:
         label = _dot_str(s + ("\n" + sub if sub else ""))
         c = colors.get(n.agent) if n.agent is not None else None
         if n.kind is StepKind.LLM:
-            attrs = f'shape=box, style="rounded,filled", fillcolor="{c or NEUTRAL}", color="{_stroke(c) if c else TOOL_STROKE}"'
+            stroke = _stroke(c) if c else TOOL_STROKE
+            attrs = f'shape=box, style="rounded,filled", fillcolor="{c or NEUTRAL}", color="{stroke}"'
         elif n.kind is StepKind.TOOL:
             attrs = f'shape=box, fillcolor="{_light(c) if c else NEUTRAL}", color="{TOOL_STROKE}"'
         else:
@@ -387,21 +395,14 @@ def _step_size(n: StepNode) -> tuple[float, float]:
 
 
 def _crossings(rows: list[list[_Item]]) -> int:
+    """Pairs of edges that cross between adjacent layers."""
     total = 0
-    for row in rows[:-1]:
-        pos_below = {}
-        segs = []
-        for i, it in enumerate(row):
-            for d in it.down:
-                segs.append((i, d))
-        if not segs:
-            continue
-        pos_below = {id(d): j for j, d in enumerate(rows[it.layer + 1])}
-        pairs = sorted((i, pos_below[id(d)]) for i, d in segs)
+    for L in range(len(rows) - 1):
+        below = {id(it): j for j, it in enumerate(rows[L + 1])}
+        pairs = sorted((i, below[id(d)]) for i, it in enumerate(rows[L]) for d in it.down)
         for a in range(len(pairs)):
             for b in range(a + 1, len(pairs)):
-                if pairs[a][0] < pairs[b][0] and pairs[a][1] > pairs[b][1]:
-                    total += 1
+                total += pairs[a][0] < pairs[b][0] and pairs[a][1] > pairs[b][1]
     return total
 
 
@@ -486,6 +487,17 @@ def _straighten(rows: list[list[_Item]], slots: list[_Item], side: int) -> None:
 
 
 def _layout(graph: StepGraph) -> _Layout:
+    items, routes, start, rows_n = _items(graph)
+    rows = _order(start, rows_n)
+    lanes, lane_side = _add_lanes(graph, items, rows)
+    _assign_x(rows, lanes, lane_side)
+    layer_y, layer_h = _layer_ys(rows, routes)
+    return _Layout(items=items, rows=rows, routes=routes, lanes=lanes, lane_side=lane_side,
+                   layer_y=layer_y, layer_h=layer_h)
+
+
+def _items(graph: StepGraph) -> tuple[dict[str, _Item], list[_Route], _Item, int]:
+    """Layout items (steps, start and end dots, dummies) and the routes of the forward edges."""
     depth = layers(graph)
     items: dict[str, _Item] = {}
     rows_n = max(depth.values()) + 2
@@ -518,8 +530,11 @@ def _layout(graph: StepGraph) -> _Layout:
         for a, b in zip(r.chain, r.chain[1:]):
             a.down.append(b)
             b.up.append(a)
+    return items, routes, start, rows_n
 
-    # Initial order: DFS discovery from the start, successors in declared order.
+
+def _order(start: _Item, rows_n: int) -> list[list[_Item]]:
+    """Rows of items: DFS discovery order, then barycenter sweeps; the fewest crossings win."""
     rows: list[list[_Item]] = [[] for _ in range(rows_n)]
     seen: set[int] = set()
     stack = [start]
@@ -539,10 +554,13 @@ def _layout(graph: StepGraph) -> _Layout:
                 best, best_c = [list(r) for r in rows], c
         if best_c == 0:
             break
-    rows = best
+    return best
 
-    # Loop lanes, inner loops first: one slot per layer, just outside the loop body, on the side
-    # (right unless left crosses fewer edges).
+
+def _add_lanes(graph: StepGraph, items: dict[str, _Item], rows: list[list[_Item]]
+               ) -> tuple[dict[str, list[_Item]], dict[str, int]]:
+    """Loop lanes, inner loops first: one slot per layer, just outside the loop body, on the
+    right unless the left crosses fewer edges."""
     lanes: dict[str, list[_Item]] = {}
     lane_side: dict[str, int] = {}
     for src, info in sorted(graph.loops.items(), key=lambda kv: (len(kv[1].body), kv[0])):
@@ -563,8 +581,11 @@ def _layout(graph: StepGraph) -> _Layout:
                 lane.up.append(slots[-1])
             slots.append(lane)
         lanes[src], lane_side[src] = slots, side
+    return lanes, lane_side
 
-    # x: pack, then alternate weighted-mean passes, each layer solved exactly under its spacing.
+
+def _assign_x(rows: list[list[_Item]], lanes: dict[str, list[_Item]], lane_side: dict[str, int]) -> None:
+    """Pack, then alternate weighted-mean passes, each layer solved exactly under its spacing."""
     for row in rows:
         x = 0.0
         for i, it in enumerate(row):
@@ -601,6 +622,9 @@ def _layout(graph: StepGraph) -> _Layout:
         for src, slots in lanes.items():
             _straighten(rows, slots, lane_side[src])
 
+
+def _layer_ys(rows: list[list[_Item]], routes: list[_Route]) -> tuple[list[float], list[float]]:
+    """Top and height of each layer band."""
     layer_h = [max((it.height for it in row), default=0.0) for row in rows]
     # Gaps: room for edge labels below layers whose edges carry them, more below a decision.
     gap = [LAYER_GAP] * len(rows)
@@ -613,8 +637,7 @@ def _layout(graph: StepGraph) -> _Layout:
     for h, g in zip(layer_h, gap):
         layer_y.append(y)
         y += h + g
-    return _Layout(items=items, rows=rows, routes=routes, lanes=lanes, lane_side=lane_side,
-                   layer_y=layer_y, layer_h=layer_h)
+    return layer_y, layer_h
 
 
 # ---- SVG drawing --------------------------------------------------------------------------------
@@ -665,9 +688,12 @@ def _rounded(points: list[tuple[float, float]], r: float = 10.0) -> str:
 
 
 def _label(x: float, y: float, text: str, color: str, *, anchor: str = "middle") -> str:
-    return (f'<text x="{_f(x)}" y="{_f(y)}" text-anchor="{anchor}" dominant-baseline="central" font-size="10" '
-            f'fill="{color}" stroke="#ffffff" stroke-width="3" stroke-linejoin="round" paint-order="stroke">'
-            f"{_e(text)}</text>")
+    """An edge label on a white plate, so the line under it does not show through."""
+    w = _text_w(text, 10) + 4
+    x0 = x - w / 2 if anchor == "middle" else x - 2
+    return (f'<g class="edge-label"><rect x="{_f(x0)}" y="{_f(y - 6.5)}" width="{_f(w)}" height="13" rx="2" '
+            f'fill="#ffffff" fill-opacity="0.9"/><text x="{_f(x)}" y="{_f(y + 3.5)}" text-anchor="{anchor}" '
+            f'font-size="10" fill="{color}">{_e(text)}</text></g>')
 
 
 def to_svg(graph: StepGraph, *, title: str | None = None) -> str:
@@ -751,7 +777,8 @@ def to_svg(graph: StepGraph, *, title: str | None = None) -> str:
     for it in lay.items.values():
         x, y = it.x, cy(it)
         if it.kind == "start":
-            nodes.append(f'<circle cx="{_f(x)}" cy="{_f(y)}" r="{_f(DOT_R)}" fill="{TEXT}"><title>start</title></circle>')
+            nodes.append(f'<circle cx="{_f(x)}" cy="{_f(y)}" r="{_f(DOT_R)}" fill="{TEXT}">'
+                         f"<title>start</title></circle>")
         elif it.kind == "end":
             nodes.append(f'<g><title>end</title><circle cx="{_f(x)}" cy="{_f(y)}" r="{_f(DOT_R + 2)}" fill="#ffffff" '
                          f'stroke="{TEXT}" stroke-width="1.5"/><circle cx="{_f(x)}" cy="{_f(y)}" r="{_f(DOT_R - 2)}" '
@@ -774,15 +801,15 @@ def to_svg(graph: StepGraph, *, title: str | None = None) -> str:
         f"<title>{_e(title or graph.name)}</title>",
         "<defs>",
         f'<marker id="{mid}-arrow" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="7" markerHeight="7" '
-        f'orient="auto-start-reverse"><path d="M0,0 L10,5 L0,10 z" fill="{EDGE}"/></marker>',
+        f'orient="auto"><path d="M0,0 L10,5 L0,10 z" fill="{EDGE}"/></marker>',
         f'<marker id="{mid}-loop" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="7" markerHeight="7" '
-        f'orient="auto-start-reverse"><path d="M0,0 L10,5 L0,10 z" fill="{LOOP}"/></marker>',
+        f'orient="auto"><path d="M0,0 L10,5 L0,10 z" fill="{LOOP}"/></marker>',
         "</defs>",
-        f'<rect width="100%" height="100%" fill="#ffffff"/>',
+        '<rect width="100%" height="100%" fill="#ffffff"/>',
     ]
     if title:
-        head.append(f'<text x="{_f(MARGIN)}" y="{_f(MARGIN + 12)}" font-size="16" font-weight="bold" '
-                    f'dominant-baseline="central">{_e(title)}</text>')
+        head.append(f'<text x="{_f(MARGIN)}" y="{_f(MARGIN + 17.5)}" font-size="16" font-weight="bold">'
+                    f'{_e(title)}</text>')
     head.append(f'<g class="legend" transform="translate({_f(MARGIN)},{_f(MARGIN + (26 if title else 0))})">')
     head += legend[0]
     head.append("</g>")
@@ -799,7 +826,7 @@ def _step_svg(graph: StepGraph, n: StepNode, nid: str, x: float, y: float, w: fl
     if n.kind is StepKind.NOOP:
         out.append(f'<rect x="{_f(x0)}" y="{_f(y0)}" width="{_f(w)}" height="{_f(h)}" rx="{_f(h / 2)}" '
                    f'fill="{NOOP_FILL}" stroke="{TOOL_STROKE}"/>')
-        out.append(f'<text x="{_f(x)}" y="{_f(y)}" text-anchor="middle" dominant-baseline="central" '
+        out.append(f'<text x="{_f(x)}" y="{_f(y + 3.5)}" text-anchor="middle" '
                    f'font-size="10">{_e(_fit(n.name, 10, w - 10))}</text>')
     else:
         if n.kind is StepKind.LLM:
@@ -812,12 +839,13 @@ def _step_svg(graph: StepGraph, n: StepNode, nid: str, x: float, y: float, w: fl
                    f'fill="{fill}" stroke="{stroke}"{extra}/>')
         if n.kind is StepKind.TOOL:  # subroutine bars, as in flowcharts
             for bx in (x0 + 5, x0 + w - 5):
-                out.append(f'<line x1="{_f(bx)}" y1="{_f(y0)}" x2="{_f(bx)}" y2="{_f(y0 + h)}" stroke="{TOOL_STROKE}"/>')
-        out.append(f'<text x="{_f(x)}" y="{_f(y - 7)}" text-anchor="middle" dominant-baseline="central" '
+                out.append(f'<line x1="{_f(bx)}" y1="{_f(y0)}" x2="{_f(bx)}" y2="{_f(y0 + h)}" '
+                           f'stroke="{TOOL_STROKE}"/>')
+        out.append(f'<text x="{_f(x)}" y="{_f(y - 2.8)}" text-anchor="middle" '
                    f'font-size="12" font-weight="bold">{_e(_fit(n.name, 12, w - 14, bold=True))}</text>')
         sub = _sub_label(n)
         style = ' font-family="Menlo, Consolas, monospace"' if n.kind is StepKind.TOOL else ""
-        out.append(f'<text x="{_f(x)}" y="{_f(y + 9)}" text-anchor="middle" dominant-baseline="central" '
+        out.append(f'<text x="{_f(x)}" y="{_f(y + 12.5)}" text-anchor="middle" '
                    f'font-size="10" fill="#424a53"{style}>{_e(_fit(sub, 10, w - 14))}</text>')
     t = graph.transitions[n.name]
     if isinstance(t, Fork):  # a fan-out bar: every branch starts
@@ -856,7 +884,7 @@ def _legend(graph: StepGraph, colors: dict[str, str], width: float) -> tuple[tup
         if x > 0 and x + w > width:
             x, y = 0.0, y + 20
         out.append(f'<g class="legend-entry" transform="translate({_f(x)},{_f(y + 7)})">{swatch}'
-                   f'<text x="{tx}" y="0" dominant-baseline="central" font-size="11">{_e(text)}</text></g>')
+                   f'<text x="{tx}" y="4" font-size="11">{_e(text)}</text></g>')
         x += w
         used = max(used, x - 18)
     return (out, used), (y + 14 if entries else 0.0)
