@@ -73,7 +73,7 @@ def when(key: str, op: str | Op = Op.TRUTHY, value: Any = None) -> When:
 def reference_of(fn: Callable) -> str | None:
     """`module:qualname` for an importable module-level function, else None."""
     module, qual = getattr(fn, "__module__", None), getattr(fn, "__qualname__", None)
-    if not module or not qual or "<" in qual or module == "__main__":
+    if not module or not qual or "<" in qual or module == "__main__" or module.startswith("_agentflow_workflow_"):
         return None
     return f"{module}:{qual}"
 

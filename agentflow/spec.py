@@ -294,14 +294,32 @@ def load_workflow(path: str | Path, *, resolve: bool = False):
 
 
 def _load_python(target: str):
+    """Import a workflow module. A .py file under the current directory (or a sys.path entry) is
+    imported by its dotted name (examples/swe_agent.py -> examples.swe_agent), so the references
+    its tools are written with (`examples.swe_agent:run_bash`) import again later."""
     import importlib
     import importlib.util
+    import os
     import sys
 
     p = Path(target)
     if p.suffix == ".py":
         if not p.exists():
             raise SpecError("no such file", source=target)
+        full = p.resolve()
+        cwd = Path(os.getcwd()).resolve()
+        for root in [cwd, *(Path(x).resolve() for x in sys.path if x)]:
+            try:
+                rel = full.relative_to(root).with_suffix("")
+            except ValueError:
+                continue
+            parts = rel.parts
+            if parts and all(part.isidentifier() for part in parts):
+                if str(root) not in sys.path:
+                    sys.path.insert(0, str(root))
+                return importlib.import_module(".".join(parts))
+        # Outside every import root: load it under a private name (its tools then cannot be
+        # written to a file by reference; spec() says so).
         name = f"_agentflow_workflow_{p.stem}"
         spec = importlib.util.spec_from_file_location(name, p)
         module = importlib.util.module_from_spec(spec)

@@ -115,6 +115,19 @@ class Workflow:
         self._joins: dict[str, tuple[str, ...]] = {}
         self._problems: list[Problem] = []  # found while building; reported by compile()
 
+    # ---- what has been declared (read-only) -----------------------------------------------
+    @property
+    def agents(self) -> Mapping[str, Agent]:
+        return MappingProxyType(self._agents)
+
+    @property
+    def tools(self) -> Mapping[str, Tool]:
+        return MappingProxyType(self._tools)
+
+    @property
+    def steps(self) -> Mapping[str, Step]:
+        return MappingProxyType(self._steps)
+
     # ---- declarations ---------------------------------------------------------------------
     def agent(self, name: str, *, system_prompt: str, model: str = "default", tools: Iterable[str] = ()) -> str:
         if name in self._agents:
@@ -316,7 +329,7 @@ class Workflow:
                 rest = 1.0 - probs[default] - sum(given.values())
                 free = [i for i in range(len(targets)) if i not in given]
                 p_cases = [given.get(i, rest / len(free) if free else 0.0) for i in range(len(targets))]
-                p_default = probs[default] if free else 1.0 - sum(p_cases)
+                p_default = probs[default] if free else round(1.0 - sum(p_cases), 12)
             else:
                 p_cases, p_default = branch_probabilities(len(targets), given)
             return Branch(cases=tuple(Case(target=t, when=w, probability=p) for (t, w), p in zip(cases, p_cases)),

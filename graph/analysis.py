@@ -2,8 +2,9 @@
 
 Definitions (the contract the scheduler relies on)
 --------------------------------------------------
-Time is counted in *rounds*: every active step takes one round, parallel branches advance
-together, and a join starts one round after the last of its live branches ends. For a step
+Time is counted in *rounds*: every active LLM or tool step takes one round, a noop (routing or
+joining) step takes none, parallel branches advance together, and a join starts when the last
+of its live branches ends. For a step
 `v` and an agent `a`:
 
   dmin[v, a]   the fewest rounds from `v` starting until an LLM step of `a` starts
@@ -18,8 +19,9 @@ it and its join. Tables are local to a step's innermost region (a path stops at 
 exit, the join). A fork is then a single macro step of its parent region:
 
       fork F ──┬─ b1 ─ ... ─┐
-               ├─ b2 ─ ... ─┼──> join J         dmin[F] = min( min_i 1 + dmin[b_i],
-               └─ b3 ─ ... ─┘                              1 + max_i exit_min[b_i] + dmin[J] )
+               ├─ b2 ─ ... ─┼──> join J         dmin[F] = min( min_i r + dmin[b_i],
+               └─ b3 ─ ... ─┘                              r + max_i exit_min[b_i] + dmin[J] )
+                                                r = rounds of F itself (1, or 0 for a noop)
 
 so a region only needs its nested regions' results at their branch starts. Within a region,
 strongly connected components are exactly the bounded loops; each one is a small linear
@@ -144,8 +146,10 @@ class _Computation:
             m = self.macro[v]
             j = m["join"]
             return [(_EXIT if j is None or j == exit_step else j, 1.0, None, True)]
+        # A step takes one round; a noop (routing, joining) takes none: its successors start when it does.
+        rounds = 0.0 if self.g.steps[v].kind is StepKind.NOOP else 1.0
         if self.g.transitions[v] is None:
-            return [(_EXIT, 1.0, 1.0, True)]  # ends one round after it starts, like any step
+            return [(_EXIT, 1.0, rounds, True)]
         out = []
         for e in edges_of(v, self.g.transitions[v]):
             p, possible = e.probability, True
@@ -156,7 +160,7 @@ class _Computation:
             if e.kind is EdgeKind.LOOP_EXIT and (v in self.disabled or self.g.loops[v].max_iterations <= 1):
                 p = 1.0
             t = _EXIT if (e.target == END or e.target == exit_step) else e.target
-            out.append((t, p, 1.0, possible))
+            out.append((t, p, rounds, possible))
         return out
 
     def run(self) -> GraphTables:
@@ -189,19 +193,20 @@ class _Computation:
         t = self.g.transitions[fork]
         assert isinstance(t, Fork)
         rows = [self.index[b] for b in t.targets]
+        start = 0.0 if self.g.steps[fork].kind is StepKind.NOOP else 1.0  # branches start after the fork
         h = self.hit[rows]  # (branches, A)
         hi = 1.0 - np.prod(1.0 - h, axis=0)
         sh = h.sum(axis=0)
         with np.errstate(invalid="ignore", divide="ignore"):
             d_branch = np.where(h > 0, self.g_[rows] / np.maximum(h, 1e-300), 0.0)
-            d_in = np.where(sh > 0, (h * (1.0 + d_branch)).sum(axis=0) / np.maximum(sh, 1e-300), 0.0)
+            d_in = np.where(sh > 0, (h * (start + d_branch)).sum(axis=0) / np.maximum(sh, 1e-300), 0.0)
         self.macro[fork] = {
             "join": t.join,
-            "inside_min": (1.0 + self.dmin[rows]).min(axis=0),
+            "inside_min": (start + self.dmin[rows]).min(axis=0),
             "hit_in": hi,
             "d_in": d_in,
-            "len_min": 1.0 + float(self.exit_min[rows].max()),
-            "len_exp": 1.0 + float(self.exit_exp[rows].max()),
+            "len_min": start + float(self.exit_min[rows].max()),
+            "len_exp": start + float(self.exit_exp[rows].max()),
             "rem_calls": float(self.rem_calls[rows].sum()),
             "rem_tokens": float(self.rem_tokens[rows].sum()),
         }

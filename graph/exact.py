@@ -1,11 +1,12 @@
 """Exact minimum steps-to-execution by brute force: the reference the tables are tested against.
 
 It shares nothing with `analysis.py` but the graph: it simulates synchronous rounds over
-*token states*. Every active step holds a token; each round every running token moves to
-one successor (any branch case; a loop's back edge while iterations are left, or its exit),
-a fork splits it, and tokens that reach a join wait there until no token is left inside
-that fork's branches, then merge. A breadth-first search over all choices gives, per agent,
-the first round in which one of its LLM steps holds a token. Exponential; for tests only.
+*token states*. Every active step holds a token; each round every token on an LLM or tool step
+moves to one successor (any branch case; a loop's back edge while iterations are left, or its
+exit), a fork splits it, and tokens that reach a join wait there until no token is left inside
+that fork's branches, then merge. Noop steps take no time: a token reaching one moves on within
+the same round. A breadth-first search over all choices gives, per agent, the first round in
+which one of its LLM steps holds a token. Exponential; for tests only.
 """
 
 from __future__ import annotations
@@ -22,11 +23,10 @@ def exact_steps_min(
     *, max_rounds: int = 200,
 ) -> dict[str, float]:
     joins = {reg.join: f for f, reg in graph.regions.items() if reg.join is not None}
-    counters0 = tuple(sorted((loop_iterations or {}).items()))
-    start = (tuple(sorted((s, False) for s in active)), counters0)
+    counters0 = dict(loop_iterations or {})
+    frontier = set(_settle(graph, [(s, False) for s in active], counters0, joins))
+    seen = set(frontier)
     best = {a: INF for a in graph.agents}
-    frontier = {start}
-    seen = {start}
     for rnd in range(max_rounds):
         for tokens, _ in frontier:
             for s, waiting in tokens:
@@ -51,52 +51,69 @@ def _in_region(graph: StepGraph, step: str, fork: str) -> bool:
     return fork in graph.region_chain(step)
 
 
+def _options(graph: StepGraph, s: str, counters: dict[str, int]):
+    """(successor steps, counter updates) for each way a token at `s` can move on."""
+    t = graph.transitions[s]
+    match t:
+        case None:
+            return [((), {})]
+        case Next(target=x):
+            return [((x,), {})]
+        case Fork(targets=xs):
+            return [(tuple(xs), {})]
+        case Branch(cases=cs, default=d):
+            return [((c.target,), {}) for c in cs] + [((d,), {})]
+        case Loop(back_to=h, exit=x, max_iterations=m):
+            done = counters.get(s, 0)
+            opts = []
+            if done + 1 < m:
+                opts.append(((h,), {s: done + 1}))
+            opts.append(((x,) if x is not None else (), {s: None}))
+            return opts
+    raise TypeError(t)
+
+
+def _apply(counters: dict[str, int], upd: dict[str, int | None]) -> dict[str, int]:
+    out = dict(counters)
+    for k, v in upd.items():
+        if v is None:
+            out.pop(k, None)
+        else:
+            out[k] = v
+    return out
+
+
+def _settle(graph: StepGraph, tokens: list[tuple[str, bool]], counters: dict[str, int], joins, depth: int = 0):
+    """Release joins and move tokens through noop steps until only LLM/tool steps (and waiting
+    joins) hold tokens. Yields every way that can end."""
+    toks = [(s, w or s in joins) if s != END else None for s, w in tokens]
+    toks = [t for t in toks if t is not None]
+    changed = True
+    while changed:  # a join whose fork region is empty starts
+        changed = False
+        for j, f in joins.items():
+            if (j, True) in toks and not any(_in_region(graph, s, f) for s, _ in toks):
+                toks = [x for x in toks if x != (j, True)] + [(j, False)]
+                changed = True
+    toks = sorted(set(toks))
+    for i, (s, waiting) in enumerate(toks):
+        if not waiting and graph.steps[s].kind is StepKind.NOOP:
+            if depth > 100:
+                return  # a loop of noops only: no progress is possible
+            rest = toks[:i] + toks[i + 1:]
+            for succ, upd in _options(graph, s, counters):
+                yield from _settle(graph, rest + [(x, False) for x in succ], _apply(counters, upd), joins, depth + 1)
+            return
+    yield (tuple(toks), tuple(sorted(counters.items())))
+
+
 def _advance(graph: StepGraph, state, joins):
     tokens, counters = state
-    # Each running token's options: list of (new tokens, counter updates)
-    options_per_token = []
-    waiting_tokens = [t for t in tokens if t[1]]
-    for s, waiting in tokens:
-        if waiting:
-            continue
-        t = graph.transitions[s]
-        opts = []
-        match t:
-            case None:
-                opts.append(((), {}))
-            case Next(target=x):
-                opts.append(((x,), {}))
-            case Fork(targets=xs):
-                opts.append((tuple(xs), {}))
-            case Branch(cases=cs, default=d):
-                for c in cs:
-                    opts.append(((c.target,), {}))
-                opts.append(((d,), {}))
-            case Loop(back_to=h, exit=x, max_iterations=m):
-                done = dict(counters).get(s, 0)
-                if done + 1 < m:
-                    opts.append(((h,), {s: done + 1}))
-                opts.append(((x,) if x is not None else (), {s: None}))
-        options_per_token.append(opts)
+    counters = dict(counters)
+    waiting = [(s, True) for s, w in tokens if w]
+    running = [s for s, w in tokens if not w]
     combos = [((), {})]
-    for opts in options_per_token:
-        combos = [(c[0] + o[0], {**c[1], **o[1]}) for c in combos for o in opts]
+    for s in running:
+        combos = [(c[0] + o[0], {**c[1], **o[1]}) for c in combos for o in _options(graph, s, counters)]
     for moved, upd in combos:
-        cnt = dict(counters)
-        for k, v in upd.items():
-            if v is None:
-                cnt.pop(k, None)
-            else:
-                cnt[k] = v
-        toks = [(s, True) for s, _ in waiting_tokens]
-        toks += [(s, s in joins) for s in moved if s != END]
-        # Release joins whose fork region holds no running or waiting token any more.
-        changed = True
-        while changed:
-            changed = False
-            for j, f in joins.items():
-                if any(s == j and w for s, w in toks):
-                    if not any(_in_region(graph, s, f) for s, _ in toks):
-                        toks = [x for x in toks if x != (j, True)] + [(j, False)]
-                        changed = True
-        yield (tuple(sorted(set(toks))), tuple(sorted(cnt.items())))
+        yield from _settle(graph, waiting + [(x, False) for x in moved], _apply(counters, upd), joins)

@@ -487,6 +487,9 @@ def branch_probabilities(n_cases: int, given: Mapping[int, float]) -> tuple[list
     share = rest / n_free if n_free else 0.0
     probs = [given.get(i, share) for i in range(n_cases)]
     default = share if n_free else rest
+    # 1 - 0.97 is 0.030000000000000027: round away float noise so specs read as written
+    probs = [round(p, 12) for p in probs]
+    default = round(default, 12)
     if math.isclose(default, 0.0, abs_tol=1e-12):
         default = 0.0
     return probs, default

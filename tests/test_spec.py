@@ -131,3 +131,38 @@ def test_published_schema_is_current_and_validates_specs():
     jsonschema.validate(sample().compile().spec().to_dict(), published)
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate({"name": "x", "steps": [{"name": "s", "kind": "robot"}]}, published)
+
+
+def test_python_workflow_files_keep_importable_tool_references(tmp_path, monkeypatch):
+    """examples/swe_agent.py loads as examples.swe_agent: its tools survive a trip through YAML."""
+    import subprocess
+    import sys
+
+    monkeypatch.chdir(ROOT)
+    compiled = load_workflow("examples/swe_agent.py")
+    impls = {t.impl for t in compiled.tools.values()}
+    assert all(i and i.startswith("examples.swe_agent:") for i in impls), impls
+    path = tmp_path / "swe.yaml"
+    path.write_text(compiled.spec().to_yaml())
+    code = f"import agentflow; c = agentflow.load_workflow({str(path)!r}, resolve=True); print(sorted(c.tools))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "bash" in out.stdout
+
+
+def test_builder_shows_what_it_declared():
+    wf = sample()
+    assert list(wf.agents) == ["a", "b"]
+    assert wf.steps["s2"].inputs == ("plan",)
+    with pytest.raises(TypeError):
+        wf.agents["c"] = None  # type: ignore[index]
+
+
+def test_branch_probabilities_carry_no_float_noise():
+    wf = Workflow("p")
+    wf.agent("a", system_prompt="x")
+    for s in ("s", "t", "u", "v"):
+        wf.llm(s, agent="a")
+    wf.branch("s", {"t": when("x"), "u": when("y")}, default="v", probabilities={"t": 0.69, "u": 0.28})
+    spec = wf.compile().spec()
+    assert spec.steps[0].branch.default_probability == 0.03
