@@ -1,0 +1,38 @@
+"""Injected time. The scheduler never reads the wall clock itself: tests jump a ManualClock."""
+
+from __future__ import annotations
+
+import time
+from typing import Protocol
+
+
+class Clock(Protocol):
+    def now_s(self) -> float: ...
+
+
+class MonotonicClock:
+    """Real time (seconds since an arbitrary start, never going back)."""
+
+    def now_s(self) -> float:
+        return time.monotonic()
+
+
+class ManualClock:
+    """Time that moves only when told to (tests, simulators)."""
+
+    def __init__(self, start_s: float = 0.0):
+        self._t = float(start_s)
+
+    def now_s(self) -> float:
+        return self._t
+
+    def advance(self, seconds: float) -> float:
+        if seconds < 0:
+            raise ValueError(f"time cannot go back ({seconds} s)")
+        self._t += seconds
+        return self._t
+
+    def set(self, t_s: float) -> None:
+        if t_s < self._t:
+            raise ValueError(f"time cannot go back ({t_s} < {self._t})")
+        self._t = float(t_s)

@@ -1,0 +1,69 @@
+"""Which waiting call goes first.
+
+- call FCFS: by submission (what an engine does on its own);
+- program FCFS (Continuum): by the program's first arrival, so a program that has started is
+  finished before newer ones; calls whose prefix is pinned go first (their KV is already there);
+- fair share (Autellix-like): least attained service (tokens served) first, with aging so a
+  waiting call's key falls by `aging_tokens_per_s` each second: no program waits forever.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Hashable
+from dataclasses import dataclass
+from typing import Protocol
+
+from agentflow.runtime.state import Snapshot
+
+
+class AdmissionPolicy(Protocol):
+    name: str
+
+    def order(self, snap: Snapshot, limit: int) -> list[Hashable]:
+        """Up to `limit` waiting calls, first to admit first."""
+
+
+class CallFcfs:
+    name = "call-fcfs"
+
+    def order(self, snap: Snapshot, limit: int) -> list[Hashable]:
+        return list(snap.waiting[:limit])
+
+
+def _pinned(snap: Snapshot, call_id: Hashable) -> bool:
+    call = snap.calls[call_id]
+    return any(p.key in snap.pins for p in call.prefixes)
+
+
+class ProgramFcfs:
+    name = "program-fcfs"
+
+    def order(self, snap: Snapshot, limit: int) -> list[Hashable]:
+        def key(c):
+            call = snap.calls[c]
+            return (not _pinned(snap, c), snap.programs[call.program_id].arrival_s, call.submitted_s)
+
+        return heapq.nsmallest(limit, snap.waiting, key=key)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FairShareConfig:
+    aging_tokens_per_s: float = 2_000.0
+
+
+class FairShare:
+    name = "fair-share"
+
+    def __init__(self, config: FairShareConfig = FairShareConfig()):
+        self.config = config
+
+    def order(self, snap: Snapshot, limit: int) -> list[Hashable]:
+        now, aging = snap.time_s, self.config.aging_tokens_per_s
+
+        def key(c):
+            call = snap.calls[c]
+            prog = snap.programs[call.program_id]
+            return (prog.attained_tokens - aging * (now - call.submitted_s), call.submitted_s)
+
+        return heapq.nsmallest(limit, snap.waiting, key=key)

@@ -1,0 +1,462 @@
+"""The program-level scheduler: events in, one `Decision` per scheduling step out.
+
+    events ──apply()──> state (programs, calls, prefixes, pins, workers) + ProgramIndex
+                                 │
+    step() ──> snapshot ──> policy (pure) ──> Decision: admit order, eviction priorities,
+                                               pins / unpins, prefetches, routes
+
+It is engine-agnostic (the simulated worker, the local engine, the SGLang plugin and the gRPC
+service all feed it events and apply its decisions) and deterministic: time comes from an
+injected clock, iteration orders are insertion orders, and nothing is random.
+
+Work per step is proportional to what changed since the previous step (the dirty prefixes and
+programs), not to the number of live programs.
+
+Safety rules (each one tested under randomised event sequences):
+  * pinned tokens on a worker never exceed `pin_cap_share` of its KV pool: a new pin that does not
+    fit displaces pins of lower expected payoff, or is not made;
+  * when the first call in admission order cannot fit on its worker, pins there are released,
+    lowest expected payoff first (payoff = P(the tool returns within the pin's remaining time,
+    given how long it has run) x the pin's benefit), until it fits or none are left;
+  * every pin ends: at its TTL (checked every step, so it outlives it by less than one step), at
+    the program's next call, when the program ends or is cancelled, or when its worker is lost;
+  * no call waits forever: admission orders are FCFS by call or program, or fair share with aging.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections.abc import Hashable
+from dataclasses import dataclass
+from types import MappingProxyType
+
+from agentflow.errors import PositionError
+from agentflow.graph.model import StepKind
+from agentflow.graph.position import Position, enter_step
+from agentflow.graph.tracker import ProgramIndex
+from agentflow.runtime.clock import Clock
+from agentflow.runtime.decision import (
+    Decision, EvictionPriority, Pin, Prefetch, Route, Unpin, UnpinReason, priority_of_steps,
+)
+from agentflow.runtime.events import (
+    CallFinished, CallStarted, CallSubmitted, Event, PrefixMoved, ProgramArrived, ProgramFinished, ToolFinished,
+    ToolStarted, WorkerLost, WorkerUpdate,
+)
+from agentflow.runtime.policies import Policy
+from agentflow.runtime.prefixes import PrefixRef
+from agentflow.runtime.state import (
+    CallState, PinState, PrefixState, ProgramState, Snapshot, ToolCall, WorkerState,
+)
+from agentflow.runtime.tool_stats import ToolStats, ToolStatsConfig
+
+
+class SchedulerError(PositionError):
+    """An event the scheduler cannot apply (unknown program or call, a duplicate)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SchedulerConfig:
+    pin_cap_share: float = 0.5  # pinned tokens never exceed this share of a worker's KV pool
+    admit_limit: int = 64  # how many waiting calls an admission order lists
+    tool_stats: ToolStatsConfig = ToolStatsConfig()
+
+
+class Scheduler:
+    def __init__(self, policy: Policy, *, clock: Clock, config: SchedulerConfig = SchedulerConfig()):
+        self.policy = policy
+        self.clock = clock
+        self.config = config
+        self.index = ProgramIndex()
+        self.tool_stats = ToolStats(config.tool_stats)
+        self.programs: dict[Hashable, ProgramState] = {}
+        self.calls: dict[Hashable, CallState] = {}
+        self.waiting: dict[Hashable, None] = {}  # insertion-ordered set
+        self.prefixes: dict[str, PrefixState] = {}
+        self.workers: dict[str, WorkerState] = {}
+        self.pins: dict[str, PinState] = {}
+        self._pin_heap: list[tuple[float, str, int]] = []  # (expires_at_s, prefix, serial)
+        self._pin_serial: dict[str, int] = {}
+        self._step = 0
+        self._dirty_prefixes: set[str] = set()
+        self._dirty_programs: dict[Hashable, None] = {}
+        self._pin_requests: dict[Hashable, None] = {}
+        self._unpins: list[Unpin] = []
+        self._new_calls: list[Hashable] = []
+        self._waiting_changed = False
+        self._prefetched: set[tuple[str, str]] = set()
+        self._users_of: dict[tuple[Hashable, str], set[str]] = {}  # (program, agent) -> prefix keys
+        self._shared: dict[tuple[str, str], set[str]] = {}  # (workflow, agent) -> keys with >1 program
+
+    # ================================================================ events ==================
+    def apply(self, event: Event) -> None:
+        handler = _HANDLERS.get(type(event))
+        if handler is None:
+            raise TypeError(f"not a scheduler event: {event!r}")
+        handler(self, event)
+
+    def _arrived(self, e: ProgramArrived) -> None:
+        if e.program_id in self.programs:
+            raise SchedulerError(f"program {e.program_id!r} arrived twice")
+        g = e.graph
+        pos = Position.start(g)
+        self.programs[e.program_id] = ProgramState(program_id=e.program_id, graph=g, arrival_s=self.clock.now_s(),
+                                                   position=pos)
+        self.index.add(e.program_id, g, pos)
+        for node in g.steps.values():
+            if node.kind is StepKind.TOOL and node.tool:
+                self.tool_stats.hint(node.tool, node.duration_hint_s)
+        self._dirty_programs[e.program_id] = None
+
+    def _move(self, prog: ProgramState, step: str) -> None:
+        old = self.index.estimate(prog.program_id)
+        prog.position = enter_step(prog.graph, prog.position, step)
+        new = self.index.advance(prog.program_id, prog.position)
+        changed = (old.steps_min != new.steps_min).nonzero()[0]
+        wf = prog.graph.name
+        for i in changed.tolist():
+            agent = new.agents[i]
+            self._dirty_prefixes.update(self._users_of.get((prog.program_id, agent), ()))
+            self._dirty_prefixes.update(self._shared.get((wf, agent), ()))
+        self._dirty_programs[prog.program_id] = None
+
+    def _use(self, prog: ProgramState, agent: str, ref: PrefixRef, now: float) -> PrefixState:
+        pre = self.prefixes.get(ref.key)
+        if pre is None:
+            pre = self.prefixes[ref.key] = PrefixState(ref=ref, users={}, last_used_s=now)
+        pre.last_used_s = now
+        wf = prog.graph.name
+        programs = pre.users.setdefault((wf, agent), set())
+        if prog.program_id not in programs:
+            programs.add(prog.program_id)
+            if len(programs) == 2:
+                self._shared.setdefault((wf, agent), set()).add(ref.key)
+        self._users_of.setdefault((prog.program_id, agent), set()).add(ref.key)
+        prog.prefixes.add(ref.key)
+        self._dirty_prefixes.add(ref.key)
+        return pre
+
+    def _submitted(self, e: CallSubmitted) -> None:
+        prog = self._program(e.program_id)
+        if e.call_id in self.calls:
+            raise SchedulerError(f"call {e.call_id!r} submitted twice")
+        node = prog.graph.steps.get(e.step)
+        if node is None or node.kind is not StepKind.LLM:
+            raise SchedulerError(f"program {e.program_id!r}: '{e.step}' is not an LLM step of '{prog.graph.name}'")
+        now = self.clock.now_s()
+        self._release_program_pins(prog.program_id, UnpinReason.NEXT_CALL)
+        self._move(prog, e.step)
+        for ref in e.prefixes:
+            self._use(prog, node.agent, ref, now)
+        self.calls[e.call_id] = CallState(call_id=e.call_id, program_id=e.program_id, step=e.step, agent=node.agent,
+                                          prefixes=tuple(e.prefixes), prompt_tokens=e.prompt_tokens,
+                                          expected_output_tokens=e.expected_output_tokens, submitted_s=now)
+        self.waiting[e.call_id] = None
+        self._waiting_changed = True
+        self._new_calls.append(e.call_id)
+        prog.calls.add(e.call_id)
+        prog.turn += 1
+        prog.last_agent = node.agent
+        prog.tool = None
+        self._pin_requests.pop(prog.program_id, None)
+
+    def _started(self, e: CallStarted) -> None:
+        call = self._call(e.call_id)
+        call.started_s = self.clock.now_s()
+        call.worker = e.worker
+        if self.waiting.pop(e.call_id, 0) is None:
+            self._waiting_changed = True
+        self.programs[call.program_id].worker = e.worker
+
+    def _finished(self, e: CallFinished) -> None:
+        call = self._call(e.call_id)
+        prog = self.programs[call.program_id]
+        now = self.clock.now_s()
+        if self.waiting.pop(e.call_id, 0) is None:
+            self._waiting_changed = True
+        del self.calls[e.call_id]
+        prog.calls.discard(e.call_id)
+        prog.attained_tokens += call.prompt_tokens + e.output_tokens
+        prog.worker = e.worker
+        for ref in e.cached:
+            pre = self._use(prog, call.agent, ref, now)
+            pre.tiers[e.worker] = "gpu"
+        deepest = (e.cached or call.prefixes or (None,))[-1]
+        if deepest is not None:
+            prog.agent_prefix[call.agent] = deepest.key
+
+    def _tool_started(self, e: ToolStarted) -> None:
+        prog = self._program(e.program_id)
+        self._move(prog, e.step)
+        node = prog.graph.steps[e.step]
+        agent = node.agent or prog.last_agent
+        prog.tool = ToolCall(tool=e.tool, step=e.step, agent=agent, started_s=self.clock.now_s())
+        if agent is not None:
+            self._pin_requests[prog.program_id] = None
+
+    def _tool_finished(self, e: ToolFinished) -> None:
+        prog = self._program(e.program_id)
+        self.tool_stats.observe(e.tool, e.duration_s)
+        if prog.tool is not None and prog.tool.step == e.step:
+            prog.tool = None
+        self._dirty_programs[prog.program_id] = None
+
+    def _program_finished(self, e: ProgramFinished) -> None:
+        prog = self._program(e.program_id)
+        self._release_program_pins(e.program_id, UnpinReason.CANCELLED)
+        wf = prog.graph.name
+        for key in prog.prefixes:
+            pre = self.prefixes.get(key)
+            if pre is None:
+                continue
+            for (w, agent), programs in list(pre.users.items()):
+                if w == wf and e.program_id in programs:
+                    programs.discard(e.program_id)
+                    if len(programs) == 1:
+                        self._shared.get((w, agent), set()).discard(key)
+                    if not programs:
+                        del pre.users[(w, agent)]
+            self._dirty_prefixes.add(key)
+        for agent in prog.graph.agents:
+            self._users_of.pop((e.program_id, agent), None)
+            self._dirty_prefixes.update(self._shared.get((wf, agent), ()))
+        for c in prog.calls:
+            self.calls.pop(c, None)
+            if self.waiting.pop(c, 0) is None:
+                self._waiting_changed = True
+        self.index.remove(e.program_id)
+        del self.programs[e.program_id]
+        self._dirty_programs.pop(e.program_id, None)
+        self._pin_requests.pop(e.program_id, None)
+
+    def _worker_update(self, e: WorkerUpdate) -> None:
+        w = self.workers.get(e.worker)
+        pinned = w.pinned_tokens if w else 0
+        self.workers[e.worker] = WorkerState(
+            worker=e.worker, kv_capacity_tokens=e.kv_capacity_tokens, kv_used_tokens=e.kv_used_tokens,
+            host_capacity_tokens=e.host_capacity_tokens, h2d_tokens_per_s=e.h2d_tokens_per_s,
+            prefill_tokens_per_s=e.prefill_tokens_per_s, queue_depth=e.queue_depth, pinned_tokens=pinned)
+
+    def _worker_lost(self, e: WorkerLost) -> None:
+        for key, pin in list(self.pins.items()):
+            if pin.worker == e.worker:
+                self._unpin(key, UnpinReason.WORKER_LOST)
+        self.workers.pop(e.worker, None)
+        for pre in self.prefixes.values():
+            pre.tiers.pop(e.worker, None)
+        for prog in self.programs.values():
+            if prog.worker == e.worker:
+                prog.worker = None
+        for call in self.calls.values():
+            if call.worker == e.worker:  # in flight there: back to the queue, to be retried elsewhere
+                call.worker, call.started_s = None, None
+                self.waiting[call.call_id] = None
+                self._waiting_changed = True
+                self._new_calls.append(call.call_id)
+
+    def _prefix_moved(self, e: PrefixMoved) -> None:
+        pre = self.prefixes.get(e.key)
+        if pre is None:
+            return
+        if e.tier == "none":
+            pre.tiers.pop(e.worker, None)
+        elif e.tier in ("gpu", "host"):
+            pre.tiers[e.worker] = e.tier
+        else:
+            raise SchedulerError(f"prefix {e.key!r}: tier must be 'gpu', 'host' or 'none' (got {e.tier!r})")
+        self._prefetched.discard((e.key, e.worker))
+
+    # ================================================================ pins ====================
+    def _unpin(self, key: str, reason: UnpinReason) -> None:
+        pin = self.pins.pop(key)
+        self._pin_serial.pop(key, None)
+        if pin.worker in self.workers:
+            self.workers[pin.worker].pinned_tokens -= pin.num_tokens
+        self._unpins.append(Unpin(prefix=key, worker=pin.worker, program_id=pin.program_id, reason=reason))
+
+    def _release_program_pins(self, program_id: Hashable, reason: UnpinReason) -> None:
+        for key in [k for k, p in self.pins.items() if p.program_id == program_id]:
+            self._unpin(key, reason)
+
+    def _payoff(self, pin: PinState, now: float) -> float:
+        """Expected saving still to come: P(tool ends before expiry | it has run so far) x benefit."""
+        xs = self.tool_stats.samples(pin.tool)
+        elapsed = now - pin.pinned_at_s
+        alive = [x for x in xs if x > elapsed]
+        if not alive:
+            return 0.0
+        p = sum(1 for x in alive if x <= pin.expires_at_s - pin.pinned_at_s) / len(alive)
+        return p * pin.benefit_s
+
+    def _make_room(self, worker: WorkerState, tokens: int, now: float, min_payoff: float,
+                   reason: UnpinReason) -> bool:
+        """Release pins on `worker` (lowest payoff first, only below `min_payoff`) until `tokens` fit
+        under the cap. True if they fit."""
+        cap = self.config.pin_cap_share * worker.kv_capacity_tokens
+        if worker.pinned_tokens + tokens <= cap:
+            return True
+        pins = sorted((self._payoff(p, now), k) for k, p in self.pins.items() if p.worker == worker.worker)
+        for payoff, key in pins:
+            if payoff >= min_payoff:
+                break
+            self._unpin(key, reason)
+            if worker.pinned_tokens + tokens <= cap:
+                return True
+        return worker.pinned_tokens + tokens <= cap
+
+    def _pin(self, snap: Snapshot, pid: Hashable, now: float) -> Pin | None:
+        prog = self.programs.get(pid)
+        if prog is None or prog.tool is None or prog.tool.agent is None:
+            return None
+        key = prog.agent_prefix.get(prog.tool.agent)
+        pre = self.prefixes.get(key) if key else None
+        if pre is None or key in self.pins:
+            return None
+        choice = self.policy.ttl.choose(snap, prog, pre, prog.tool.tool, prog.tool.agent)
+        if choice is None or choice.ttl_s <= 0:
+            return None
+        worker = self.workers.get(prog.worker) if prog.worker else None
+        if worker is not None and not self._make_room(worker, pre.num_tokens, now, choice.value_s,
+                                                      UnpinReason.PRESSURE):
+            return None
+        expires = now + choice.ttl_s
+        self.pins[key] = PinState(prefix=key, worker=prog.worker, program_id=pid, agent=prog.tool.agent,
+                                  tool=prog.tool.tool, num_tokens=pre.num_tokens, pinned_at_s=now,
+                                  expires_at_s=expires, benefit_s=choice.benefit_s)
+        serial = self._pin_serial[key] = self._pin_serial.get(key, 0) + 1
+        heapq.heappush(self._pin_heap, (expires, key, serial))
+        if worker is not None:
+            worker.pinned_tokens += pre.num_tokens
+        return Pin(prefix=key, worker=prog.worker, program_id=pid, ttl_s=choice.ttl_s, expires_at_s=expires,
+                   num_tokens=pre.num_tokens)
+
+    # ================================================================ step ====================
+    def snapshot(self) -> Snapshot:
+        return Snapshot(
+            time_s=self.clock.now_s(), programs=MappingProxyType(self.programs),
+            calls=MappingProxyType(self.calls), waiting=tuple(self.waiting),
+            prefixes=MappingProxyType(self.prefixes), workers=MappingProxyType(self.workers),
+            pins=MappingProxyType(self.pins), index=self.index, tool_stats=self.tool_stats,
+        )
+
+    def step(self) -> Decision:
+        now = self.clock.now_s()
+        self._step += 1
+        # 1. Pins past their TTL end now (so none outlives it by more than one step).
+        while self._pin_heap and self._pin_heap[0][0] <= now:
+            _, key, serial = heapq.heappop(self._pin_heap)
+            if key in self.pins and self._pin_serial.get(key) == serial:
+                self._unpin(key, UnpinReason.TTL_EXPIRED)
+        snap = self.snapshot()
+        # 2. New pins for programs that just started a tool call.
+        pins = []
+        for pid in self._pin_requests:
+            pin = self._pin(snap, pid, now)
+            if pin is not None:
+                pins.append(pin)
+        self._pin_requests.clear()
+        # 3. Admission order; if its head does not fit on its worker, pins there give way.
+        admit: tuple[Hashable, ...] = ()
+        if self._waiting_changed and self.waiting:
+            admit = tuple(self.policy.admission.order(snap, self.config.admit_limit))
+            self._relieve_pressure(admit[0], now)
+        self._waiting_changed = False
+        # 4. Eviction priorities of prefixes whose users moved.
+        priorities = []
+        if self._dirty_prefixes:
+            for key in sorted(self._dirty_prefixes):
+                pre = self.prefixes.get(key)
+                if pre is None:
+                    continue
+                steps = self.policy.eviction.steps(snap, pre)
+                if steps is None:
+                    continue
+                pr = priority_of_steps(steps)
+                if pr != pre.priority:
+                    pre.priority = pr
+                    priorities.append(EvictionPriority(prefix=key, priority=pr, steps_to_execution=steps))
+            self._dirty_prefixes.clear()
+        # 5. Prefetches for programs whose state changed (each prefix requested once per stay on host).
+        prefetches: list[Prefetch] = []
+        if self._dirty_programs:
+            for p in self.policy.prefetch.prefetches(snap, self._dirty_programs):
+                if (p.prefix, p.worker) not in self._prefetched:
+                    self._prefetched.add((p.prefix, p.worker))
+                    prefetches.append(p)
+            self._dirty_programs.clear()
+        # 6. Routes for calls that need a worker.
+        routes = tuple(self._route(c) for c in self._new_calls if c in self.calls)
+        self._new_calls.clear()
+        unpins, self._unpins = tuple(self._unpins), []
+        return Decision(step=self._step, time_s=now, admit=admit, priorities=tuple(priorities), pins=tuple(pins),
+                        unpins=unpins, prefetches=tuple(prefetches), routes=routes)
+
+    def _relieve_pressure(self, call_id: Hashable, now: float) -> None:
+        call = self.calls[call_id]
+        prog = self.programs[call.program_id]
+        worker = self.workers.get(prog.worker) if prog.worker else None
+        if worker is None:
+            return
+        cached = max((p.num_tokens for p in call.prefixes if p.key in self.prefixes
+                      and self.prefixes[p.key].tiers.get(worker.worker) == "gpu"), default=0)
+        need = call.prompt_tokens + call.expected_output_tokens - cached
+        free = worker.kv_capacity_tokens - worker.kv_used_tokens
+        if need <= free:
+            return
+        pins = sorted((self._payoff(p, now), k) for k, p in self.pins.items()
+                      if p.worker == worker.worker and p.program_id != call.program_id)
+        for _, key in pins:
+            free += self.pins[key].num_tokens
+            self._unpin(key, UnpinReason.PRESSURE)
+            if need <= free:
+                return
+
+    def _route(self, call_id: Hashable) -> Route:
+        """Preference: the program's worker (its KV is there), then workers holding the call's
+        deepest prefix, then the least loaded. The service replaces this with DualMap routing."""
+        call = self.calls[call_id]
+        prog = self.programs[call.program_id]
+        prefs: list[str] = []
+        if prog.worker in self.workers:
+            prefs.append(prog.worker)
+        for ref in reversed(call.prefixes):
+            pre = self.prefixes.get(ref.key)
+            if pre is None:
+                continue
+            for w, tier in sorted(pre.tiers.items(), key=lambda kv: (kv[1] != "gpu", kv[0])):
+                if w in self.workers and w not in prefs:
+                    prefs.append(w)
+        rest = sorted((w for w in self.workers if w not in prefs),
+                      key=lambda w: (self.workers[w].queue_depth,
+                                     self.workers[w].kv_used_tokens / max(1, self.workers[w].kv_capacity_tokens), w))
+        return Route(call_id=call_id, workers=tuple(prefs + rest))
+
+    # ================================================================ helpers =================
+    def _program(self, pid: Hashable) -> ProgramState:
+        prog = self.programs.get(pid)
+        if prog is None:
+            raise SchedulerError(f"program {pid!r} is not known (did it arrive? has it finished?)")
+        return prog
+
+    def _call(self, cid: Hashable) -> CallState:
+        call = self.calls.get(cid)
+        if call is None:
+            raise SchedulerError(f"call {cid!r} is not known (was it submitted? has it finished?)")
+        return call
+
+    @property
+    def pinned_tokens(self) -> dict[str, int]:
+        return {w: s.pinned_tokens for w, s in self.workers.items()}
+
+    def steps_to_execution(self, program_id: Hashable) -> dict[str, float]:
+        return self.index.estimate(program_id).steps_to_execution()
+
+
+_HANDLERS = {
+    ProgramArrived: Scheduler._arrived, CallSubmitted: Scheduler._submitted, CallStarted: Scheduler._started,
+    CallFinished: Scheduler._finished, ToolStarted: Scheduler._tool_started, ToolFinished: Scheduler._tool_finished,
+    ProgramFinished: Scheduler._program_finished, WorkerUpdate: Scheduler._worker_update,
+    WorkerLost: Scheduler._worker_lost, PrefixMoved: Scheduler._prefix_moved,
+}
+
+__all__ = ["Scheduler", "SchedulerConfig", "SchedulerError"]
