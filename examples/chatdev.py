@@ -44,16 +44,18 @@ Planning figures, from the 27 stored ChatDev runs whose run.log records phases a
 KV cache, in steps-to-execution (rounds until an agent's next call; min over every possible
 path, and expected under the planning figures above; tests/examples/test_chatdev.py pins them):
   * the Programmer speaks in almost every phase from Coding on (coding, completion, both sides
-    of every review and test cycle): from Coding to EnvironmentDoc it is at most 2 steps away.
-    Keep it for the whole run. The Code Reviewer alternates with it through CodeReview's cycles
-    (all `cycleNum` of them in the data): keep both there.
+    of every review and test cycle): from Coding to EnvironmentDoc it is at most 1 step away
+    (the boundaries between phases and cycles are noops and take no round). Keep it for the
+    whole run. The Code Reviewer alternates with it through CodeReview's cycles (all
+    `cycleNum` of them in the data): keep both there.
   * the CTO's last call is LanguageChoose (in Coding and EnvironmentDoc it only instructs, and
     one-turn phases let only the assistant speak): at Coding its steps-to-execution is inf.
     Free it then; the same holds for the Prompt Engineer once DemandAnalysis starts.
   * the CPO and the CEO speak at the start and again only at the end (EnvironmentDoc's
-    reflection, Manual). After LanguageChoose they are 5-6 steps away at best (every loop
-    could stop at once) but ~30-35 in expectation (five review cycles): offload them for the
-    middle of the run and prefetch them as CodeReview ends.
+    reflection, Manual). After LanguageChoose they are 2-3 steps away at best (every loop
+    could stop at once; 1 at the noops between phases) but ~20-26 in expectation through
+    CodeReview (five review cycles of ~4 rounds each): offload them for the middle of the run
+    and prefetch them as CodeReview ends.
   * the Software Test Engineer speaks only if the first test run fails (P 0.19), and the
     Counselor never speaks (it only instructs the CEO's reflection): neither is worth keeping.
 """

@@ -18,9 +18,10 @@ KV cache, in steps-to-execution (see tests/examples/test_retrieval.py for the ex
     critic 4.
   * the synthesizer speaks twice (draft, final answer) with the critic in between: it is 1 step
     away at `check`; keep it through the check.
-  * the planner waits through the whole fan-out (5 steps away while the searches run, 2 at
-    `check`) and, in the second round, never runs again: at `check` with one round done its
-    steps-to-execution is inf, like every reader's; free them.
+  * the planner waits through the whole fan-out (4 steps away while the searches run, 1 at
+    `check`: `another_round` is a noop and takes no round) and, in the second round, never
+    runs again: at `check` with one round done its steps-to-execution is inf, like every
+    reader's; free them.
 Planning figures are the author's guesses (no real runs of this pipeline are stored): half the
 drafts fail the check, and with a loop of at most 2 iterations planned at 2 the second round
 happens with probability 0.5 x 0.5 = 0.25.

@@ -26,8 +26,9 @@ Planning figures, from real runs (see the project's notes on workloads):
 
 KV cache: there is one agent and one conversation, each prompt the previous one plus an answer
 and an observation (~14k tokens at the median, growing ~300 tokens a turn). While a tool runs
-the coder is 2 steps away (tool, observe, think), so its prefix should stay: dropping it costs
-a prefill of the whole history, far more than the few seconds a bash call or an edit takes.
+the coder is 1 step away (the tool's round; `observe` is a noop and takes none), so its prefix
+should stay: dropping it costs a prefill of the whole history, far more than the few seconds a
+bash call or an edit takes.
 A test run (11 s median, minutes in the tail) is where a TTL policy may consider offloading to
 host memory. Once the loop is exhausted or `submitted` is set, the coder is never needed again
 (steps-to-execution inf at `submit`): free its KV at once.

@@ -156,79 +156,80 @@ def _combine(tables: GraphTables, contributions: list[tuple[int, float, float]])
                            steps_expected=best[1], remaining_calls=float(rem[0]), remaining_tokens=float(rem[1]))
 
 
-def _entry_tables(graph: StepGraph) -> tuple[dict[str, frozenset[str]], dict[str, frozenset[str]]]:
-    """Per step s: the steps that lead into s directly or through noop steps only (`feeds`), and
-    the loops whose back edge leads into s that way (`via_back`)."""
-    cached = graph._analysis.get("entry")
-    if cached is not None:
-        return cached
-    from agentflow.graph.model import EdgeKind, StepKind
+def _noop_path(graph: StepGraph, source: str, target: str):
+    """The shortest edge path source -> ... -> target whose inner steps are all noops, or None.
 
-    feeds: dict[str, set[str]] = {s: set() for s in graph.steps}
-    via_back: dict[str, set[str]] = {s: set() for s in graph.steps}
-    for u in graph.steps:
-        for e in graph.edges(u):
-            if e.target not in graph.steps:
+    Noops take no time and send no events, so this is how a program got from a step it was at to
+    the step that just started; the path's loop and fork edges say what else changed on the way."""
+    cache = graph._analysis.setdefault("noop_paths", {})
+    key = (source, target)
+    if key in cache:
+        return cache[key]
+    from agentflow.graph.model import StepKind
+
+    found = None
+    frontier = [(e, (e,)) for e in graph.edges(source) if e.target in graph.steps]
+    seen: set[str] = set()
+    while frontier and found is None:
+        nxt = []
+        for e, path in frontier:
+            if e.target == target:
+                found = path
+                break
+            if e.target in seen or graph.steps[e.target].kind is not StepKind.NOOP:
                 continue
-            # walk forward through noop steps: every step reached is fed by u
-            stack, seen = [e.target], set()
-            while stack:
-                v = stack.pop()
-                if v in seen:
-                    continue
-                seen.add(v)
-                feeds[v].add(u)
-                if e.kind is EdgeKind.LOOP_BACK:
-                    via_back[v].add(u)
-                if graph.steps[v].kind is StepKind.NOOP:
-                    stack.extend(x.target for x in graph.edges(v) if x.target in graph.steps)
-    out = ({s: frozenset(v) for s, v in feeds.items()}, {s: frozenset(v) for s, v in via_back.items()})
-    graph._analysis["entry"] = out
-    return out
+            seen.add(e.target)
+            nxt += [(x, path + (x,)) for x in graph.edges(e.target) if x.target in graph.steps]
+        frontier = nxt
+    cache[key] = found
+    return found
 
 
-def enter_step(graph: StepGraph, position: Position, step: str) -> Position:
-    """The position after `step` starts: steps that lead into it are done, noops passed through.
+def enter_step(graph: StepGraph, position: Position, step: str, *, again: bool = False) -> Position:
+    """The position after `step` starts.
 
-    A loop whose back edge leads here counts one more completed iteration; a loop left by its
-    exit forgets its count. Entering a step already active changes nothing.
+    The active steps it comes from (directly, or through noop steps, which take no time and send
+    no events) are done. Along each such path a loop back edge counts one completed iteration, a
+    loop exit drops the loop's count, and a fork edge makes the fork's other branches ready.
+    `again=True` says an active step runs once more (a loop back to itself); otherwise entering
+    an active step (a branch already made ready by its fork) changes nothing.
     """
+    from agentflow.graph.model import EdgeKind, Fork
+
     if step not in graph.steps:
         raise PositionError(f"workflow '{graph.name}' has no step '{step}'")
-    if step in position.active:
+    if step in position.active and not again:
         return position
-    feeds, via_back = _entry_tables(graph)
-    done = position.active & feeds[step]
+    sources = position.active if again else position.active - {step}
+    paths = {}
+    for u in sources:
+        path = _noop_path(graph, u, step)
+        if path is not None:
+            paths[u] = path
     counters = dict(position.loop_iterations)
-    for u in done:
-        if u in graph.loops:
-            if u in via_back[step]:
-                counters[u] = counters.get(u, 0) + 1
-                if counters[u] >= graph.loops[u].max_iterations:
-                    raise PositionError(f"loop at '{u}' went past its {graph.loops[u].max_iterations} iterations")
-            else:
-                counters.pop(u, None)
-    active = (position.active - done) | {step}
-    # A fork starts all its branches at once: the siblings of the branch entered are ready too.
-    from agentflow.graph.model import Fork
-
-    for u in done:
-        t = graph.transitions[u]
-        if isinstance(t, Fork):
-            active |= {b for b in t.targets if b != step and step not in _branch_steps(graph, u, b)}
+    active = (position.active - set(paths)) | {step}
+    for u, path in paths.items():
+        for e in path:
+            if e.kind is EdgeKind.LOOP_BACK:
+                counters[e.source] = counters.get(e.source, 0) + 1
+                if counters[e.source] >= graph.loops[e.source].max_iterations:
+                    raise PositionError(f"loop at '{e.source}' went past its "
+                                        f"{graph.loops[e.source].max_iterations} iterations")
+            elif e.kind is EdgeKind.LOOP_EXIT:
+                counters.pop(e.source, None)
+            elif e.kind is EdgeKind.FORK:
+                fork = graph.transitions[e.source]
+                assert isinstance(fork, Fork)
+                active |= {b for b in fork.targets if b != e.target}
     # Counts of loops no active step is inside any more are stale: drop them.
     counters = {k: v for k, v in counters.items() if not graph.loops[k].body.isdisjoint(active)}
     return Position(active=frozenset(active), loop_iterations=MappingProxyType(counters))
 
 
-def _branch_steps(graph: StepGraph, fork: str, start: str) -> set[str]:
-    region = graph.regions[fork]
-    i = graph.transitions[fork].targets.index(start)
-    return {s for s, b in region.branch_of.items() if b == i}
-
-
 def leave_step(graph: StepGraph, position: Position, step: str) -> Position:
     """The position after `step` ends with nothing after it (the end of a branch or program)."""
+    if step not in graph.steps:
+        raise PositionError(f"workflow '{graph.name}' has no step '{step}'")
     counters = {k: v for k, v in position.loop_iterations.items()
                 if not graph.loops[k].body.isdisjoint(position.active - {step})}
     return Position(active=position.active - {step}, loop_iterations=MappingProxyType(counters))

@@ -112,6 +112,12 @@ def random_walk(graph, rng: random.Random, *, max_events: int = 10_000):
     Steps finish one by one (as a scheduler sees them); successors follow the planning
     probabilities; a loop repeats while iterations are left. Ends when the program does.
     """
+    for _, pos in random_run(graph, rng, max_events=max_events):
+        yield pos
+
+
+def random_run(graph, rng: random.Random, *, max_events: int = 10_000):
+    """Like `random_walk`, yielding (steps started by this event, position) pairs."""
     from agentflow.graph.model import Branch, Fork, Loop, Next
     from agentflow.graph.position import Position
 
@@ -145,6 +151,7 @@ def random_walk(graph, rng: random.Random, *, max_events: int = 10_000):
             else:
                 counters.pop(s, None)
                 nxt = [t.exit] if t.exit is not None else []
+        before = set(active)
         for x in nxt:
             (waiting.add if x in joins else active.append)(x)
         released = True
@@ -158,4 +165,5 @@ def random_walk(graph, rng: random.Random, *, max_events: int = 10_000):
                     active.append(j)
                     released = True
         live = {k: v for k, v in counters.items() if graph.loops[k].body & set(active)}
-        yield Position.of(*active, loop_iterations=live)
+        started = [x for x in active if x not in before]
+        yield started, Position.of(*active, loop_iterations=live)

@@ -70,11 +70,15 @@ class _Group:
         self.expected[row] = est.steps_expected
         self._min = self._exp = None
 
-    def minima(self) -> tuple[np.ndarray, np.ndarray]:
+    def min_steps(self) -> np.ndarray:
         if self._min is None:
             self._min = self.steps.min(axis=0)
+        return self._min
+
+    def min_expected(self) -> np.ndarray:
+        if self._exp is None:
             self._exp = self.expected.min(axis=0)
-        return self._min, self._exp
+        return self._exp
 
 
 @dataclass(slots=True)
@@ -134,13 +138,13 @@ class ProgramIndex:
         group = self._groups.get(key[0])
         if group is None or key[1] not in group.col:
             return INF
-        return float(group.minima()[0][group.col[key[1]]])
+        return float(group.min_steps()[group.col[key[1]]])
 
     def min_expected_steps(self, key: AgentKey) -> float:
         group = self._groups.get(key[0])
         if group is None or key[1] not in group.col:
             return INF
-        return float(group.minima()[1][group.col[key[1]]])
+        return float(group.min_expected()[group.col[key[1]]])
 
     def estimate(self, program_id: Hashable) -> ProgramEstimate:
         return self._get(program_id).estimate
@@ -152,7 +156,7 @@ class ProgramIndex:
         """Every tracked agent's minimum steps-to-execution."""
         out: dict[AgentKey, float] = {}
         for name, group in self._groups.items():
-            mins = group.minima()[0]
+            mins = group.min_steps()
             for a, i in group.col.items():
                 out[(name, a)] = float(mins[i])
         return out

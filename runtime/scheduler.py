@@ -25,6 +25,7 @@ Safety rules (each one tested under randomised event sequences):
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import math
 from collections.abc import Hashable
@@ -77,6 +78,7 @@ class Scheduler:
         self.pins: dict[str, PinState] = {}
         self._pin_heap: list[tuple[float, str, int]] = []  # (expires_at_s, prefix, serial)
         self._pin_serial: dict[str, int] = {}
+        self._pins_of: dict[Hashable, set[str]] = {}  # program -> its pinned prefixes
         self._step = 0
         self._dirty_prefixes: set[str] = set()
         self._dirty_programs: dict[Hashable, None] = {}
@@ -85,6 +87,7 @@ class Scheduler:
         self._new_calls: list[Hashable] = []
         self._waiting_changed = False
         self._prefetched: set[tuple[str, str]] = set()
+        self._by_load: list[str] | None = None  # workers, least loaded first (per step)
         self._users_of: dict[tuple[Hashable, str], set[str]] = {}  # (program, agent) -> prefix keys
         self._shared: dict[tuple[str, str], set[str]] = {}  # (workflow, agent) -> keys with >1 program
 
@@ -110,7 +113,9 @@ class Scheduler:
 
     def _move(self, prog: ProgramState, step: str) -> None:
         old = self.index.estimate(prog.program_id)
-        prog.position = enter_step(prog.graph, prog.position, step)
+        # A step that already began and starts once more loops back to itself.
+        prog.position = enter_step(prog.graph, prog.position, step, again=step in prog.started)
+        prog.started = (prog.started & prog.position.active) | {step}
         new = self.index.advance(prog.program_id, prog.position)
         changed = (old.steps_min != new.steps_min).nonzero()[0]
         wf = prog.graph.name
@@ -144,13 +149,15 @@ class Scheduler:
         if node is None or node.kind is not StepKind.LLM:
             raise SchedulerError(f"program {e.program_id!r}: '{e.step}' is not an LLM step of '{prog.graph.name}'")
         now = self.clock.now_s()
+        was_pinned = bool(self._pins_of.get(prog.program_id))
         self._release_program_pins(prog.program_id, UnpinReason.NEXT_CALL)
         self._move(prog, e.step)
         for ref in e.prefixes:
             self._use(prog, node.agent, ref, now)
         self.calls[e.call_id] = CallState(call_id=e.call_id, program_id=e.program_id, step=e.step, agent=node.agent,
                                           prefixes=tuple(e.prefixes), prompt_tokens=e.prompt_tokens,
-                                          expected_output_tokens=e.expected_output_tokens, submitted_s=now)
+                                          expected_output_tokens=e.expected_output_tokens, submitted_s=now,
+                                          was_pinned=was_pinned)
         self.waiting[e.call_id] = None
         self._waiting_changed = True
         self._new_calls.append(e.call_id)
@@ -270,23 +277,29 @@ class Scheduler:
     def _unpin(self, key: str, reason: UnpinReason) -> None:
         pin = self.pins.pop(key)
         self._pin_serial.pop(key, None)
+        mine = self._pins_of.get(pin.program_id)
+        if mine is not None:
+            mine.discard(key)
+            if not mine:
+                del self._pins_of[pin.program_id]
         if pin.worker in self.workers:
             self.workers[pin.worker].pinned_tokens -= pin.num_tokens
         self._unpins.append(Unpin(prefix=key, worker=pin.worker, program_id=pin.program_id, reason=reason))
 
     def _release_program_pins(self, program_id: Hashable, reason: UnpinReason) -> None:
-        for key in [k for k, p in self.pins.items() if p.program_id == program_id]:
+        for key in sorted(self._pins_of.get(program_id, ())):
             self._unpin(key, reason)
 
     def _payoff(self, pin: PinState, now: float) -> float:
         """Expected saving still to come: P(tool ends before expiry | it has run so far) x benefit."""
         xs = self.tool_stats.samples(pin.tool)
         elapsed = now - pin.pinned_at_s
-        alive = [x for x in xs if x > elapsed]
-        if not alive:
+        gone = bisect.bisect_right(xs, elapsed)
+        alive = len(xs) - gone
+        if alive <= 0:
             return 0.0
-        p = sum(1 for x in alive if x <= pin.expires_at_s - pin.pinned_at_s) / len(alive)
-        return p * pin.benefit_s
+        within = bisect.bisect_right(xs, pin.expires_at_s - pin.pinned_at_s) - gone
+        return max(0, within) / alive * pin.benefit_s
 
     def _make_room(self, worker: WorkerState, tokens: int, now: float, min_payoff: float,
                    reason: UnpinReason) -> bool:
@@ -323,6 +336,7 @@ class Scheduler:
         self.pins[key] = PinState(prefix=key, worker=prog.worker, program_id=pid, agent=prog.tool.agent,
                                   tool=prog.tool.tool, num_tokens=pre.num_tokens, pinned_at_s=now,
                                   expires_at_s=expires, benefit_s=choice.benefit_s)
+        self._pins_of.setdefault(pid, set()).add(key)
         serial = self._pin_serial[key] = self._pin_serial.get(key, 0) + 1
         heapq.heappush(self._pin_heap, (expires, key, serial))
         if worker is not None:
@@ -385,6 +399,7 @@ class Scheduler:
                     prefetches.append(p)
             self._dirty_programs.clear()
         # 6. Routes for calls that need a worker.
+        self._by_load = None
         routes = tuple(self._route(c) for c in self._new_calls if c in self.calls)
         self._new_calls.clear()
         unpins, self._unpins = tuple(self._unpins), []
@@ -426,9 +441,11 @@ class Scheduler:
             for w, tier in sorted(pre.tiers.items(), key=lambda kv: (kv[1] != "gpu", kv[0])):
                 if w in self.workers and w not in prefs:
                     prefs.append(w)
-        rest = sorted((w for w in self.workers if w not in prefs),
-                      key=lambda w: (self.workers[w].queue_depth,
-                                     self.workers[w].kv_used_tokens / max(1, self.workers[w].kv_capacity_tokens), w))
+        if self._by_load is None:  # once per step: loads change with worker reports, not per call
+            ws = self.workers
+            self._by_load = sorted(ws, key=lambda w: (ws[w].queue_depth,
+                                                      ws[w].kv_used_tokens / max(1, ws[w].kv_capacity_tokens), w))
+        rest = [w for w in self._by_load if w not in prefs]
         return Route(call_id=call_id, workers=tuple(prefs + rest))
 
     # ================================================================ helpers =================

@@ -41,6 +41,7 @@ class ProgramState:
     agent_prefix: dict[str, str] = field(default_factory=dict)  # agent -> its deepest cached prefix key
     prefixes: set[str] = field(default_factory=set)  # every prefix this program uses
     calls: set[Hashable] = field(default_factory=set)  # its calls not yet finished
+    started: set[str] = field(default_factory=set)  # active steps that have begun (not just ready)
 
 
 @dataclass(slots=True, kw_only=True)
@@ -55,6 +56,7 @@ class CallState:
     submitted_s: float
     started_s: float | None = None
     worker: str | None = None
+    was_pinned: bool = False  # its program held a pin when it arrived (its KV is likely still there)
 
 
 @dataclass(slots=True, kw_only=True)

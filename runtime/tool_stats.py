@@ -14,6 +14,8 @@ import math
 from collections import deque
 from dataclasses import dataclass
 
+import numpy as np
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ToolStatsConfig:
@@ -34,6 +36,7 @@ class ToolStats:
         self._global: deque[float] = deque(maxlen=config.window)
         self._hints: dict[str, float] = {}
         self._sorted_cache: dict[str, list[float]] = {}
+        self._array_cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
     def hint(self, tool: str, duration_s: float | None) -> None:
         if duration_s is not None and duration_s > 0:
@@ -46,6 +49,8 @@ class ToolStats:
         self._global.append(duration_s)
         self._sorted_cache.pop(tool, None)
         self._sorted_cache.pop("", None)
+        self._array_cache.pop(tool, None)
+        self._array_cache.pop("", None)
 
     def source(self, tool: str) -> str:
         """Which distribution stands for this tool now: 'tool', 'global' or 'prior'."""
@@ -67,6 +72,16 @@ class ToolStats:
             return cached
         median = self._hints.get(tool, self.config.prior_median_s)
         return [median * math.exp(self.config.prior_sigma * z) for z in _Z]
+
+    def arrays(self, tool: str) -> tuple[np.ndarray, np.ndarray]:
+        """(sorted durations, their prefix sums) as arrays, cached until the next observation."""
+        src = self.source(tool)
+        key = tool if src == "tool" else ("" if src == "global" else f"prior:{tool}")
+        out = self._array_cache.get(key)
+        if out is None:
+            xs = np.asarray(self.samples(tool), dtype=float)
+            out = self._array_cache[key] = (xs, np.cumsum(xs))
+        return out
 
     def cdf(self, tool: str, t_s: float) -> float:
         xs = self.samples(tool)

@@ -2,7 +2,8 @@
 
 - call FCFS: by submission (what an engine does on its own);
 - program FCFS (Continuum): by the program's first arrival, so a program that has started is
-  finished before newer ones; calls whose prefix is pinned go first (their KV is already there);
+  finished before newer ones; a call whose program held a pin when it arrived goes first (its
+  KV is on the GPU: serving it now is cheap, and waiting would risk losing it);
 - fair share (Autellix-like): least attained service (tokens served) first, with aging so a
   waiting call's key falls by `aging_tokens_per_s` each second: no program waits forever.
 """
@@ -31,18 +32,13 @@ class CallFcfs:
         return list(snap.waiting[:limit])
 
 
-def _pinned(snap: Snapshot, call_id: Hashable) -> bool:
-    call = snap.calls[call_id]
-    return any(p.key in snap.pins for p in call.prefixes)
-
-
 class ProgramFcfs:
     name = "program-fcfs"
 
     def order(self, snap: Snapshot, limit: int) -> list[Hashable]:
         def key(c):
             call = snap.calls[c]
-            return (not _pinned(snap, c), snap.programs[call.program_id].arrival_s, call.submitted_s)
+            return (not call.was_pinned, snap.programs[call.program_id].arrival_s, call.submitted_s)
 
         return heapq.nsmallest(limit, snap.waiting, key=key)
 

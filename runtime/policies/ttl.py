@@ -18,10 +18,11 @@ so the candidates are the sorted samples and 0 (no pin).
 
 from __future__ import annotations
 
-import itertools
 import math
 from dataclasses import dataclass
 from typing import Protocol
+
+import numpy as np
 
 from agentflow.runtime.state import PrefixState, ProgramState, Snapshot
 
@@ -41,24 +42,32 @@ class TtlChoice:
     value_s: float  # expected saving minus expected holding cost
 
 
-def choose_ttl(samples_s: list[float], *, benefit_s: float, cost_per_s: float, max_ttl_s: float) -> TtlChoice:
-    """Maximise P(D <= tau) * B - c * E[min(D, tau)] over tau in {0} + samples. Samples sorted."""
-    n = len(samples_s)
-    best = TtlChoice(ttl_s=0.0, p_return=0.0, benefit_s=benefit_s, value_s=0.0)
+def choose_ttl(samples_s, *, benefit_s: float, cost_per_s: float, max_ttl_s: float,
+               prefix_sums=None) -> TtlChoice:
+    """Maximise P(D <= tau) * B - c * E[min(D, tau)] over tau in {0} + samples (sorted).
+
+    Vectorised: with n sorted samples x and prefix sums S, at tau = x[i] (the last of a run of
+    equal values) P = (i+1)/n and E[min(D, tau)] = (S[i] + tau * (n-i-1)) / n."""
+    xs = np.asarray(samples_s, dtype=float)
+    n = len(xs)
+    none = TtlChoice(ttl_s=0.0, p_return=0.0, benefit_s=benefit_s, value_s=0.0)
     if n == 0 or benefit_s <= 0:
-        return best
-    prefix_sums = list(itertools.accumulate(samples_s))
-    for i, tau in enumerate(samples_s):
-        if tau > max_ttl_s:
-            break
-        if i + 1 < n and samples_s[i + 1] == tau:
-            continue  # evaluate a repeated value once, with all its mass
-        p = (i + 1) / n
-        held = (prefix_sums[i] + tau * (n - i - 1)) / n  # E[min(D, tau)]
-        value = p * benefit_s - cost_per_s * held
-        if value > best.value_s:
-            best = TtlChoice(ttl_s=tau, p_return=p, benefit_s=benefit_s, value_s=value)
-    return best
+        return none
+    sums = np.cumsum(xs) if prefix_sums is None else prefix_sums
+    i = np.arange(n)
+    last_of_run = np.ones(n, dtype=bool)
+    last_of_run[:-1] = xs[1:] != xs[:-1]  # evaluate a repeated value once, with all its mass
+    ok = last_of_run & (xs <= max_ttl_s)
+    if not ok.any():
+        return none
+    p = (i + 1) / n
+    value = p * benefit_s - cost_per_s * (sums + xs * (n - i - 1)) / n
+    value = np.where(ok, value, -np.inf)
+    best = int(np.argmax(value))  # the first (shortest) TTL among equal values
+    if value[best] <= 0:
+        return none
+    return TtlChoice(ttl_s=float(xs[best]), p_return=float(p[best]), benefit_s=benefit_s,
+                     value_s=float(value[best]))
 
 
 class TtlPolicy(Protocol):
@@ -100,8 +109,8 @@ class ContinuumTtl:
 
     def choose(self, snap, program, prefix, tool, agent) -> TtlChoice | None:
         benefit, cost = _benefit_and_cost(snap, program, prefix, self.config)
-        return choose_ttl(snap.tool_stats.samples(tool), benefit_s=benefit, cost_per_s=cost,
-                          max_ttl_s=self.config.max_ttl_s)
+        xs, sums = snap.tool_stats.arrays(tool)
+        return choose_ttl(xs, benefit_s=benefit, cost_per_s=cost, max_ttl_s=self.config.max_ttl_s, prefix_sums=sums)
 
 
 class WorkflowTtl:
@@ -119,5 +128,6 @@ class WorkflowTtl:
         if math.isinf(steps) or steps > 1 or p_again <= 0:
             return None
         benefit, cost = _benefit_and_cost(snap, program, prefix, self.config)
-        return choose_ttl(snap.tool_stats.samples(tool), benefit_s=p_again * benefit, cost_per_s=cost,
-                          max_ttl_s=self.config.max_ttl_s)
+        xs, sums = snap.tool_stats.arrays(tool)
+        return choose_ttl(xs, benefit_s=p_again * benefit, cost_per_s=cost, max_ttl_s=self.config.max_ttl_s,
+                          prefix_sums=sums)

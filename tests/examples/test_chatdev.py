@@ -9,6 +9,7 @@ import pytest
 
 from agentflow import Position, WorkloadError, estimate
 from agentflow.graph import Loop
+from agentflow.graph.exact import exact_steps_min
 from examples.chatdev import (
     CEO, CHAIN_FILE, CHATDEV_SOURCE, COUNSELOR, DEFAULT_TURNS, build, chain_from_chatdev, from_chatchain_config,
 )
@@ -72,40 +73,75 @@ def test_shipped_chain_structure(compiled):
     assert review.expected_iterations == 5  # every real run did all its review cycles
 
 
+def exact_min(graph, active: str, loops=None) -> dict[str, float]:
+    """The brute-force reference, searched 20 rounds deep: the chain's loops (20 CodeComplete cycles,
+    10-turn dialogues) make the full search take minutes. Every finite pin here is <= 5, so it is
+    checked exactly; an inf pin is checked as "not within 20 rounds" (that it is never, follows
+    from the chain: no edge leads back to an earlier phase)."""
+    return exact_steps_min(graph, frozenset({active}), loops, max_rounds=20)
+
+
 def row(pe, cpo, cto, ceo, prog, cr, ste):
     return {PE: pe, CPO: cpo, CTO: cto, CEO: ceo, PROG: prog, CR: cr, STE: ste}
 
 
+# Every phase's assistant/user turn is an LLM step (one round); `<C>.enter`, `<C>.cycle_end` and
+# `<P>.check` are noops (zero rounds), so leaving a phase or a cycle costs no round of its own.
+# A branch case with planning probability 0 (e.g. CodeReview.enter -> Test.enter, EnvironmentDoc
+# concluding) is still structurally possible, so the minimum may take it.
 @pytest.mark.parametrize("active, loops, expected", [
-    ("SelfImprove.assistant", {}, row(0, 1, 2, 2, 3, 6, 8)),
-    ("DemandAnalysis.assistant", {}, row(INF, 0, 1, 1, 2, 5, 7)),
-    # the CTO's last call is LanguageChoose: in Coding it only instructs
-    ("Coding.assistant", {}, row(INF, 5, INF, 5, 0, 3, 5)),
-    ("CodeReviewComment.assistant", {}, row(INF, 5, INF, 5, 1, 0, 5)),
-    # last review cycle, turns left: the reviewer may speak again in this dialogue
-    ("CodeReviewModification.user", {"CodeReview.cycle_end": 4}, row(INF, 4, INF, 4, 0, 1, 4)),
-    # turns exhausted, cycles left: the reviewer opens the next cycle
-    ("CodeReviewModification.user", {"CodeReviewModification.user": 9}, row(INF, 4, INF, 4, 0, 2, 4)),
+    # SelfImprove (1), DemandAnalysis.assistant at 1 (CPO), its user at 2 (CEO) / LanguageChoose at 2
+    # (CTO), Coding at 3; Coding (1), then CodeCompleteAll.enter, CodeReview.enter (noops): the
+    # reviewer at 4; or on through Test.enter to TestErrorSummary at 4, its user (STE) at 5
+    ("SelfImprove.assistant", {}, row(0, 1, 2, 2, 3, 4, 5)),
+    ("DemandAnalysis.assistant", {}, row(INF, 0, 1, 1, 2, 3, 4)),
+    # the CTO's last call is LanguageChoose: in Coding it only instructs. Coding (1), then through
+    # the noop enters CodeReviewComment, TestErrorSummary or EnvironmentDoc start at 1; the tester's
+    # reply, EnvironmentDoc's reflect (CEO) or Manual (CPO) at 2
+    ("Coding.assistant", {}, row(INF, 2, INF, 2, 0, 1, 2)),
+    # comment (1), concluded: modification at 1, concluded: cycle_end, Test.enter (noops) at 2:
+    # EnvironmentDoc / TestErrorSummary at 2, then Manual, reflect, the tester's turn at 3
+    ("CodeReviewComment.assistant", {}, row(INF, 3, INF, 3, 1, 0, 3)),
+    # last review cycle, turns left: the reviewer may speak again in this dialogue (at 1); the
+    # exit through cycle_end and Test.enter (noops) reaches EnvironmentDoc / TestErrorSummary at 1
+    ("CodeReviewModification.user", {"CodeReview.cycle_end": 4}, row(INF, 2, INF, 2, 0, 1, 2)),
+    # turns exhausted, cycles left: the reviewer opens the next cycle, at 1 (cycle_end is a noop)
+    ("CodeReviewModification.user", {"CodeReviewModification.user": 9}, row(INF, 2, INF, 2, 0, 1, 2)),
     # both exhausted: the reviewer is done for good
     ("CodeReviewModification.user", {"CodeReview.cycle_end": 4, "CodeReviewModification.user": 9},
-     row(INF, 4, INF, 4, 0, INF, 4)),
-    ("Test.cycle_end", {"Test.cycle_end": 4}, row(INF, 2, INF, 2, 1, INF, INF)),
+     row(INF, 2, INF, 2, 0, INF, 2)),
+    # the last test cycle's noop end: EnvironmentDoc (the programmer) starts in this same round
+    ("Test.cycle_end", {"Test.cycle_end": 4}, row(INF, 1, INF, 1, 0, INF, INF)),
     ("EnvironmentDoc.reflect", {}, row(INF, 1, INF, 0, INF, INF, INF)),
 ])
 def test_steps_to_execution(compiled, active, loops, expected):
     assert estimate(compiled.graph, Position.of(active, loop_iterations=loops)).steps_to_execution() == expected
+    assert exact_min(compiled.graph, active, loops) == expected
 
 
 def test_programmer_stays_close_from_coding_to_environment_doc(compiled):
+    # The programmer speaks in every phase from Coding on, and the phase boundaries are noops:
+    # it is 1 round away while the reviewer or the tester speaks, 0 at its own turns and at the
+    # noops (enter, cycle_end) that can lead straight to one of them. Was 2 when noops took a round.
     steps = list(compiled.steps)
     middle = steps[steps.index("Coding.assistant"):steps.index("EnvironmentDoc.assistant") + 1]
     far = {s: estimate(compiled.graph, Position.of(s)).steps_to_execution()[PROG] for s in middle}
-    assert max(far.values()) == 2, far
+    assert max(far.values()) == 1, far
+    assert far == {s: exact_min(compiled.graph, s)[PROG] for s in middle}
 
 
 def test_expected_steps_tell_the_middle_of_the_run_apart(compiled):
     e = estimate(compiled.graph, Position.of("CodeReviewComment.assistant")).expected_steps()
-    assert e[PROG] < 1.1 and e[CPO] > 25  # min 5 for the CPO, but five review cycles expected first
+    # The programmer: the comment's user turn at 1 (P 0.928), else modification at 1 and its user
+    # at 2; X = 0.928 + 0.072 * (2 + 0.0103 * 0.8 X)  ->  X = 1.0728.
+    assert e[PROG] < 1.1
+    assert e[PROG] == pytest.approx(1.0728, abs=1e-3)
+    # The CPO: min 3, but five review cycles expected first (geometric, mean 5), each
+    # comment 1 + 0.928 user + modification 1 + 0.990 user = 3.918 rounds (cycle_end is a noop):
+    # 19.59; then the test cycles with P 5/27, 4.2 x (1 + 1 + 1 + 0.35) rounds: 2.61; then
+    # EnvironmentDoc and its reflection: 2. About 24.2, some 8 times the minimum.
+    assert e[CPO] > 20
+    assert e[CPO] == pytest.approx(5 * 3.9175 + 5 / 27 * 4.2 * 3.35 + 2, abs=1e-2)
 
 
 # ---- reading files ----------------------------------------------------------------------------

@@ -10,6 +10,7 @@ import subprocess
 import pytest
 
 from agentflow import Position, estimate
+from agentflow.graph.exact import exact_steps_min
 from examples.retrieval import build, search_history, search_symbols, search_text
 
 INF = math.inf
@@ -25,22 +26,34 @@ def row(*values):
     return dict(zip(AGENTS, values))
 
 
+# LLM and tool steps take one round each; the one noop, `another_round`, takes none: from `check`
+# (1 round) the planner's `plan` starts at once through it. The fork (`plan`) and the join
+# (`synthesize`) are LLM steps and take their round as before.
 @pytest.mark.parametrize("active, loops, expected", [
+    # plan (1), search (1), read: readers at 2, synthesize at 3, check at 4
     (("plan",), {}, row(0, 2, 2, 2, 3, 4)),
-    (("search_docs", "search_code", "search_history"), {}, row(5, 1, 1, 1, 2, 3)),
-    # the code branch is one step behind: the join waits for it
-    (("read_docs", "search_code", "read_history"), {}, row(5, 0, 1, 0, 2, 3)),
-    # the code branch has ended: its reader's next call is in the second round
-    (("read_docs", "read_history"), {}, row(4, 0, 6, 0, 1, 2)),
-    (("synthesize",), {}, row(3, 5, 5, 5, 0, 1)),
-    (("check",), {}, row(2, 4, 4, 4, 1, 0)),
+    # search (1), read (1), synthesize 2, check 3, another_round (0) -> plan at 4
+    (("search_docs", "search_code", "search_history"), {}, row(4, 1, 1, 1, 2, 3)),
+    # the code branch is one step behind: the join waits for it (synthesize at 2), plan at 4
+    (("read_docs", "search_code", "read_history"), {}, row(4, 0, 1, 0, 2, 3)),
+    # the code branch has ended: synthesize 1, check 2, plan 3, and its reader's next call is in
+    # the second round: search_code 4, read_code 5
+    (("read_docs", "read_history"), {}, row(3, 0, 5, 0, 1, 2)),
+    # synthesize (1), check (1), another_round (0): plan at 2, the readers at 4
+    (("synthesize",), {}, row(2, 4, 4, 4, 0, 1)),
+    # check (1): plan at 1 through the noop, the readers at 3; answer at 1
+    (("check",), {}, row(1, 3, 3, 3, 1, 0)),
     # second round: no third, so the planner and the readers are done for good
     (("check",), {"another_round": 1}, row(INF, INF, INF, INF, 1, 0)),
+    # the noop itself: plan (back edge) or answer (exit) start in this same round
+    (("another_round",), {}, row(0, 2, 2, 2, 0, 4)),
+    (("another_round",), {"another_round": 1}, row(INF, INF, INF, INF, 0, INF)),
     (("answer",), {}, row(INF, INF, INF, INF, 0, INF)),
 ])
 def test_steps_to_execution(graph, active, loops, expected):
     assert graph.agents == AGENTS
     assert estimate(graph, Position.of(*active, loop_iterations=loops)).steps_to_execution() == expected
+    assert exact_steps_min(graph, frozenset(active), loops) == expected
 
 
 def test_planned_calls(graph):

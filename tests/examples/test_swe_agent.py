@@ -11,6 +11,7 @@ import pytest
 
 from agentflow import Position, estimate
 from agentflow.graph import Branch, Loop
+from agentflow.graph.exact import exact_steps_min
 from examples.swe_agent import (
     EXPECTED_ITERATIONS, MAX_ITERATIONS, SUBMIT_SENTINEL, build, edit_file, git_diff, run_bash, run_tests,
 )
@@ -39,18 +40,20 @@ def test_structure(compiled):
     assert [compiled.tools[t].is_async for t in ("bash", "edit", "run_tests")] == [False, False, True]
 
 
+# A tool takes one round; `observe` is a noop (zero rounds), so `think` starts the round after the tool.
 @pytest.mark.parametrize("active, loops, coder", [
     ("think", {}, 0),
-    ("bash", {}, 2),       # bash, observe, think
-    ("tests", {}, 2),
-    ("observe", {}, 1),
-    ("bash", {"observe": MAX_ITERATIONS - 2}, 2),
-    ("bash", LAST, INF),   # the step limit: no more turns
+    ("bash", {}, 1),       # bash (1 round), observe (0), think
+    ("tests", {}, 1),      # the same through the test runner
+    ("observe", {}, 0),    # a noop: its back edge leads to think in the same round
+    ("bash", {"observe": MAX_ITERATIONS - 2}, 1),  # one iteration left: the back edge still exists
+    ("bash", LAST, INF),   # the step limit: no more turns (submit is a tool call, not the coder's LLM step)
     ("submit", {}, INF),
 ])
 def test_steps_to_execution(compiled, active, loops, coder):
     assert estimate(compiled.graph, Position.of(active, loop_iterations=loops)).steps_to_execution() == {
         "coder": coder}
+    assert exact_steps_min(compiled.graph, frozenset({active}), loops) == {"coder": coder}
 
 
 def test_expected_calls_match_the_data(compiled):
