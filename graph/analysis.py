@@ -78,6 +78,15 @@ class GraphTables:
         return s
 
     @property
+    def exits(self) -> tuple[list[float], list[float]]:
+        """exit_min and exit_exp as Python lists: read one value at a time on the hot path."""
+        s = self.__dict__.get("_exits")
+        if s is None:
+            s = (self.exit_min.tolist(), self.exit_exp.tolist())
+            object.__setattr__(self, "_exits", s)
+        return s
+
+    @property
     def remaining(self) -> np.ndarray:
         """(steps, 2): expected remaining calls and tokens."""
         s = self.__dict__.get("_remaining")

@@ -121,6 +121,7 @@ def estimate(graph: StepGraph, position: Position) -> ProgramEstimate:
         pending.setdefault(region_of[s], []).append((index[s], 0.0, 0.0))
     contributions: list[tuple[int, float, float]] = []
     regions = graph.regions
+    exit_min, exit_exp = tables.exits
     while len(pending) > 1 or None not in pending:
         if len(pending) == 1:
             (fork,) = pending
@@ -130,8 +131,8 @@ def estimate(graph: StepGraph, position: Position) -> ProgramEstimate:
         contributions += entries
         join = regions[fork].join
         if join is not None:
-            t_min = max(o + tables.exit_min[r] for r, o, _ in entries)
-            t_exp = max(o + tables.exit_exp[r] for r, _, o in entries)
+            t_min = max(o + exit_min[r] for r, o, _ in entries)
+            t_exp = max(o + exit_exp[r] for r, _, o in entries)
             pending.setdefault(region_of[join], []).append((index[join], t_min, t_exp))
         elif not pending:
             break

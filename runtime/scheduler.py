@@ -272,6 +272,10 @@ class Scheduler:
         else:
             raise SchedulerError(f"prefix {e.key!r}: tier must be 'gpu', 'host' or 'none' (got {e.tier!r})")
         self._prefetched.discard((e.key, e.worker))
+        if e.tier == "host":  # its users may want it back before their next call
+            for programs in pre.users.values():
+                for pid in programs:
+                    self._dirty_programs[pid] = None
 
     # ================================================================ pins ====================
     def _unpin(self, key: str, reason: UnpinReason) -> None:

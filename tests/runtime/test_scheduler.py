@@ -221,7 +221,6 @@ def test_program_fcfs_admits_the_older_program_first_and_call_fcfs_does_not():
         d.tool(1, "act")
         clock.advance(1.0)
         d.arrive(2, g)
-        d.call(2, g, "think", finish=False, worker=None) if False else None
         from agentflow.runtime.events import CallSubmitted
         from agentflow.runtime.prefixes import system_prefix
 
@@ -267,3 +266,54 @@ def test_bad_events_are_errors_that_say_what_is_wrong():
     with pytest.raises(SchedulerError, match="tier must be"):
         d.call(1, g, "think")
         sched.apply(PrefixMoved(worker="w0", key="swe/coder:sys", tier="disk"))
+
+
+class _DictOracle:
+    def __init__(self, next_use):
+        self.next_use = next_use
+
+    def next_use_s(self, key, now_s):
+        return self.next_use.get(key, math.inf) - now_s
+
+
+def test_belady_ranks_prefixes_by_their_next_use():
+    oracle = _DictOracle({"swe/coder:sys": 5.0, "p1/coder:h1": 40.0})
+    clock = ManualClock()
+    sched = Scheduler(make_policy("belady", oracle=oracle), clock=clock)
+    d = Driver(sched, clock)
+    g = coding_agent()
+    d.arrive(1, g)
+    d.call(1, g, "think")
+    pr = {p.prefix: p.priority for p in sched.step().priorities}
+    assert pr["swe/coder:sys"] > pr["p1/coder:h1"] > 0  # sooner next use: kept longer
+    with pytest.raises(ValueError, match="needs an .*oracle|reads the future"):
+        make_policy("belady")
+
+
+def test_fair_share_serves_the_least_served_program_but_ages_waiting_calls():
+    from agentflow.runtime.events import CallSubmitted
+    from agentflow.runtime.policies import FairShareConfig
+    from agentflow.runtime.prefixes import system_prefix
+
+    clock = ManualClock()
+    sched = Scheduler(make_policy("agentflow", fair_share=FairShareConfig(aging_tokens_per_s=100.0)), clock=clock)
+    d = Driver(sched, clock)
+    g = coding_agent()
+    d.arrive("big", g)
+    for _ in range(3):  # "big" has been served 3 x 1,600 tokens
+        d.call("big", g, "think")
+        d.tool("big", "act")
+        d.tool_done("big", "act", 0.1)
+    d.arrive("new", g)
+    sys_ref = system_prefix("swe", "coder", 1000)
+    sched.apply(CallSubmitted(program_id="big", call_id="b", step="think", prefixes=(sys_ref,), prompt_tokens=1500))
+    clock.advance(1.0)
+    sched.apply(CallSubmitted(program_id="new", call_id="n", step="think", prefixes=(sys_ref,), prompt_tokens=1500))
+    assert list(sched.step().admit) == ["n", "b"]  # the program with less service first
+    # "big" was served 1,600 + 2,200 + 2,800 = 6,600 tokens; its waiting call ages at 100 tokens/s,
+    # so after 66 s it overtakes a fresh call of "new" (which has 0)
+    assert sched.programs["big"].attained_tokens == 6_600
+    clock.advance(70.0)
+    sched.apply(CallSubmitted(program_id="new", call_id="n2", step="think", prefixes=(sys_ref,), prompt_tokens=1500))
+    order = list(sched.step().admit)
+    assert order.index("b") < order.index("n2")
