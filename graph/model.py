@@ -271,6 +271,17 @@ def _bfs_order(entry: str, transitions: Mapping[str, Transition | None]) -> list
     return order
 
 
+def _forward_graph(steps, transitions) -> nx.DiGraph:
+    """The graph without its loop back edges: a DAG once every cycle is a declared loop."""
+    fwd = nx.DiGraph()
+    fwd.add_nodes_from(steps)
+    for s in steps:
+        for e in edges_of(s, transitions.get(s)):
+            if e.target != END and e.kind is not EdgeKind.LOOP_BACK:
+                fwd.add_edge(s, e.target)
+    return fwd
+
+
 def _check_structure(
     entry: str,
     steps: Mapping[str, StepNode],
@@ -331,12 +342,7 @@ def _check_structure(
                 fix=f"declare the parallel split with fan_out(<step>, [...], join='{j}')"))
 
     # Every cycle must be a declared loop: the graph minus loop back-edges is a DAG.
-    fwd = nx.DiGraph()
-    fwd.add_nodes_from(steps)
-    for s in steps:
-        for e in edges_of(s, transitions.get(s)):
-            if e.target != END and e.kind is not EdgeKind.LOOP_BACK:
-                fwd.add_edge(s, e.target)
+    fwd = _forward_graph(steps, transitions)
     for scc in nx.strongly_connected_components(fwd):
         if len(scc) > 1 or any(fwd.has_edge(s, s) for s in scc):
             cycle = [u for u, _ in nx.find_cycle(fwd.subgraph(scc))]
@@ -449,12 +455,7 @@ def _find_regions(steps, transitions) -> tuple[dict[str, Region], dict[str, str 
 
 
 def _find_loops(steps, transitions, region_of) -> tuple[dict[str, LoopInfo], list[Problem]]:
-    fwd = nx.DiGraph()
-    fwd.add_nodes_from(steps)
-    for s in steps:
-        for e in edges_of(s, transitions.get(s)):
-            if e.target != END and e.kind is not EdgeKind.LOOP_BACK:
-                fwd.add_edge(s, e.target)
+    fwd = _forward_graph(steps, transitions)
     loops, problems = {}, []
     for s, t in transitions.items():
         if not isinstance(t, Loop):

@@ -166,3 +166,46 @@ def test_branch_probabilities_carry_no_float_noise():
     wf.branch("s", {"t": when("x"), "u": when("y")}, default="v", probabilities={"t": 0.69, "u": 0.28})
     spec = wf.compile().spec()
     assert spec.steps[0].branch.default_probability == 0.03
+
+
+def review_stage() -> Workflow:
+    wf = Workflow("review")
+    wf.agent("b", system_prompt="You write.")  # the same definition as in sample(): shared
+    wf.agent("critic", system_prompt="You criticise.")
+    wf.llm("critique", agent="critic")
+    wf.llm("revise", agent="b")
+    wf.sequence("critique", "revise")
+    wf.loop("revise", back_to="critique", max_iterations=3, expected_iterations=2)
+    return wf
+
+
+def test_subworkflows_inline_with_prefixed_steps_and_shared_agents():
+    from agentflow import Position, estimate
+
+    wf = Workflow("outer")
+    wf.agent("b", system_prompt="You write.")
+    wf.llm("draft", agent="b")
+    entry, exits = wf.subworkflow("rev", review_stage())
+    wf.llm("publish", agent="b")
+    wf.sequence("draft", entry)
+    for x in exits:
+        wf.sequence(x, "publish")
+    compiled = wf.compile()
+    assert entry == "rev/critique" and exits == ["rev/revise"]
+    assert list(compiled.agents) == ["b", "critic"]
+    g = compiled.graph
+    assert g.loops["rev/revise"].head == "rev/critique"
+    assert estimate(g, Position.of("draft")).steps_to_execution() == {"b": 0, "critic": 1}
+    assert estimate(g, Position.of("rev/revise", loop_iterations={"rev/revise": 2})).steps_to_execution() == {
+        "b": 0, "critic": float("inf")}
+    assert WorkflowSpec.parse(compiled.spec().to_yaml()).compile().spec() == compiled.spec()
+
+
+def test_a_subworkflow_that_redefines_an_agent_is_refused():
+    wf = Workflow("outer")
+    wf.agent("b", system_prompt="Something else.")
+    wf.llm("draft", agent="b")
+    entry, _ = wf.subworkflow("rev", review_stage())
+    wf.sequence("draft", entry)
+    with pytest.raises(WorkflowValidationError, match="defines agent 'b' differently"):
+        wf.compile()
