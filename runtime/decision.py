@@ -17,14 +17,14 @@ from collections.abc import Hashable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-MAX_PRIORITY = 1_000_000  # priority of a prefix needed now; leaves room for 0..MAX steps
+MAX_PRIORITY = 1_000_000_000  # priority of a prefix needed now; 1/1000 resolution up to 10^6
 
 
 def priority_of_steps(steps: float) -> int:
     """Steps-to-execution -> SGLang priority (higher keeps). inf (never needed again) -> 0."""
     if math.isinf(steps):
         return 0
-    return max(1, MAX_PRIORITY - int(round(steps * 1000)))
+    return max(1, MAX_PRIORITY - int(round(min(steps, 1e6) * 1000)))
 
 
 class UnpinReason(enum.Enum):

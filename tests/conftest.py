@@ -29,3 +29,24 @@ def shared_file(relative: str) -> Path:
 @pytest.fixture
 def shared():
     return shared_file
+
+
+def sglang_modules():
+    """SGLang 0.5.23's radix-cache modules (tests/engines/_sglang_shims.py) for `needs_sglang` tests.
+
+    Without sglang they skip locally; under CI=true a missing sglang is an error, never a skip
+    (CI installs it with scripts/install_sglang_cpu.sh).
+    """
+    try:
+        from tests.engines._sglang_shims import import_sglang
+
+        return import_sglang()
+    except ImportError as exc:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"needs_sglang: {exc} and CI=true")
+        pytest.skip(f"needs_sglang: {exc}")
+
+
+@pytest.fixture(scope="session")
+def sglang_caches():
+    return sglang_modules()

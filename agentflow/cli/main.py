@@ -12,6 +12,7 @@ _SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
     "plan": ("agentflow.cli.plan", "plan", "Compile a workflow; print its step graph and steps-to-execution table."),
     "validate": ("agentflow.cli.plan", "validate", "Validate a workflow file or module and report every problem."),
     "schema": ("agentflow.cli.plan", "schema", "Print the JSON Schema of the workflow spec format."),
+    "replay": ("agentflow.cli.replay", "replay", "Replay a workload through the simulated cluster; compare every policy side by side."),
     "schedule": ("agentflow.cli.schedule", "schedule", "Run a script of events through the scheduler; print its decisions."),
     "workload": ("agentflow.cli.workload", "workload", "Convert real agent runs into replayable workloads; print their statistics."),
 }

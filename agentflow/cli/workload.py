@@ -42,7 +42,7 @@ def workload() -> None:
               help="Workload file to write (JSON Lines).")
 @click.option("--seed", default=0, show_default=True, help="Seed of every synthetic draw (tool durations).")
 @click.option("--tokenizer", default="heuristic", show_default=True,
-              help="Token counter where the source has no usage: 'heuristic' or 'hf:PATH/tokenizer.json'.")
+              help="Token counter where the source has no usage: 'heuristic', 'smollm2' (SmolLM2's real tokenizer, offline) or 'hf:PATH/tokenizer.json'.")
 @click.option("--durations", "table_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Duration table for synthetic tool times (default: the one shipped in the package).")
 @click.option("--licence", help="Licence of the source data, written to the header.")

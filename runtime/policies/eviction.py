@@ -55,12 +55,16 @@ class WorkflowEviction:
 
 
 class FutureOracle(Protocol):
-    def next_use_s(self, prefix_key: str, now_s: float) -> float:
-        """Seconds from now until the prefix is next read; inf if never."""
+    def next_use_at_s(self, prefix_key: str) -> float:
+        """The (projected) time at which the prefix is next read; inf if never."""
 
 
 class BeladyEviction:
-    """Clairvoyant: evict what is needed furthest in the future (Belady's MIN). A bound only."""
+    """Clairvoyant: evict what is needed furthest in the future (Belady's MIN). A bound only.
+
+    Its urgency is the absolute time of the next use, not the time left until it: priorities are
+    sent only when they change, and absolute times stay comparable however long ago each one was
+    sent (time left would need every priority refreshed at every step)."""
 
     name = "belady"
 
@@ -68,4 +72,4 @@ class BeladyEviction:
         self.oracle = oracle
 
     def steps(self, snap: Snapshot, prefix: PrefixState) -> float | None:
-        return self.oracle.next_use_s(prefix.key, snap.time_s)
+        return self.oracle.next_use_at_s(prefix.key)

@@ -272,8 +272,8 @@ class _DictOracle:
     def __init__(self, next_use):
         self.next_use = next_use
 
-    def next_use_s(self, key, now_s):
-        return self.next_use.get(key, math.inf) - now_s
+    def next_use_at_s(self, key):
+        return self.next_use.get(key, math.inf)
 
 
 def test_belady_ranks_prefixes_by_their_next_use():

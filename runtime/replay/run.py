@@ -1,0 +1,88 @@
+"""Run a workload through the simulated cluster once per policy, on identical inputs."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+from agentflow.runtime.engines.sim.costmodel import make_cost_model
+from agentflow.runtime.policies import POLICY_NAMES
+from agentflow.runtime.replay.engine import Replay, ReplayConfig
+from agentflow.runtime.replay.planning import planning_graph
+from agentflow.runtime.workload import ClosedLoop, load_workload, poisson_arrivals, recorded_arrivals
+
+DEFAULT_OVERSUBSCRIPTION = 2.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReplaySetup:
+    workload: str
+    policies: tuple[str, ...] = POLICY_NAMES
+    preset: str = "llama-3.1-8b-h100"
+    workers: int = 1
+    rate_per_s: float | None = None  # Poisson arrivals
+    concurrency: int | None = None  # closed loop; default: enough programs to oversubscribe the KV pool
+    recorded: bool = False  # arrivals as recorded
+    num_programs: int | None = None  # the first N programs of the file
+    seed: int = 0
+    kv_capacity_tokens: int | None = None
+    host_capacity_tokens: int | None = None
+
+
+def default_concurrency(programs, kv_tokens_total: int, factor: float = DEFAULT_OVERSUBSCRIPTION) -> int:
+    """Programs in flight whose contexts add up to `factor` times the cluster's GPU KV pool:
+    the load at which LRU has to evict the prefixes of programs that are coming back."""
+    peaks = sorted(max((c.prompt_tokens + c.output_tokens for c in p.calls), default=0) for p in programs)
+    mean_peak = sum(peaks) / len(peaks) if peaks else 1
+    # a program holds about half its peak context on average over its life
+    return max(1, math.ceil(factor * kv_tokens_total / max(1.0, 0.5 * mean_peak)))
+
+
+def run(setup: ReplaySetup, progress: Callable[[int], None] | None = None) -> tuple[dict, dict, dict]:
+    """(config, results per policy, series per policy for plots)."""
+    wl = load_workload(setup.workload)
+    programs = wl.programs[: setup.num_programs] if setup.num_programs else list(wl.programs)
+    cost = make_cost_model(setup.preset)
+    kv = setup.kv_capacity_tokens or cost.kv_capacity_tokens
+    plan = planning_graph(programs, name=f"replay-{wl.header.source}")
+    arrival = "closed-loop"
+    concurrency = setup.concurrency
+    if setup.rate_per_s is not None:
+        arrival = f"poisson {setup.rate_per_s}/s"
+    elif setup.recorded:
+        arrival = "recorded"
+    elif concurrency is None:
+        concurrency = default_concurrency(programs, kv * setup.workers)
+    config = {
+        "workload": setup.workload, "source": wl.header.source, "programs": len(programs),
+        "calls": sum(len(p.calls) for p in programs), "preset": setup.preset, "workers": setup.workers,
+        "kv_capacity_tokens_per_worker": kv,
+        "host_capacity_tokens_per_worker": setup.host_capacity_tokens
+        if setup.host_capacity_tokens is not None else cost.host_capacity_tokens,
+        "arrivals": arrival, "concurrency": concurrency, "seed": setup.seed,
+        "policies": list(setup.policies),
+    }
+    results, series = {}, {}
+    prepared: dict = {}  # token ids per program, the same for every policy
+    for name in setup.policies:
+        if setup.rate_per_s is not None:
+            arrivals = poisson_arrivals(programs, rate_per_s=setup.rate_per_s, seed=setup.seed)
+        elif setup.recorded:
+            arrivals = recorded_arrivals(programs)
+        else:
+            arrivals = ClosedLoop(programs, num_in_flight=concurrency)
+        rc = ReplayConfig(workers=setup.workers, kv_capacity_tokens=setup.kv_capacity_tokens,
+                          host_capacity_tokens=setup.host_capacity_tokens, seed=setup.seed)
+        sim = Replay(arrivals, plan, name, cost, rc, on_progress=progress, prepared=prepared)
+        t0 = time.perf_counter()
+        summary = sim.run()
+        summary["wall_s"] = time.perf_counter() - t0
+        summary["simulated_events"] = sim.events
+        results[name] = summary
+        series[name] = {"jct_s": list(sim.rec.jct_s), "timeline": list(sim.rec.series)}
+    return config, results, series
+
+
+__all__ = ["ReplaySetup", "asdict", "default_concurrency", "run"]
