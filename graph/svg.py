@@ -14,7 +14,7 @@ from __future__ import annotations
 import html
 import re
 
-from agentflow.graph.layout import DOT_R, Item, lay_out, text_width
+from agentflow.graph.layout import DOT_R, Item, Route, lay_out, text_width
 from agentflow.graph.model import Branch, EdgeKind, Fork, StepGraph, StepKind, StepNode
 from agentflow.graph.picture import (
     EDGE, LOOP, NEUTRAL, NOOP_FILL, TEXT, TOOL_STROKE, agent_colors, darker, edge_label, max_iterations,

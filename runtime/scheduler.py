@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import bisect
 import heapq
-import math
 from collections.abc import Hashable
 from dataclasses import dataclass
 from types import MappingProxyType

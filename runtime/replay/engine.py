@@ -18,9 +18,8 @@ from __future__ import annotations
 
 import hashlib
 import heapq
-import math
 from collections.abc import Callable, Hashable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from agentflow.runtime.clock import ManualClock
 from agentflow.runtime.engines.sim.interfaces import CostModel
@@ -60,7 +59,6 @@ class _Prog:
     index: int  # position in the replay (instance id for token ids)
     calls: list  # per call: (prompt ids, output ids, [(key, n) prefix boundaries], full key, seen)
     next_call: int = 0
-    worker: str | None = None
 
 
 def _key(runs) -> str:
@@ -105,8 +103,9 @@ class Replay:
         self._prio: dict[str, int] = {}
         self._parent_len: dict[str, int] = {}
         self._rank: dict[Hashable, int] = {}
-        self._route: dict[Hashable, str] = {}
         self._next_sample = 0.0
+        # constant per cost model: what the scheduler prices a lost prefix with
+        self._prefill_tokens_per_s = 8192 / max(1e-9, cost.prefill_time_s(8192))
         self.events = 0
 
     # ---- event queue -------------------------------------------------------------------------
@@ -119,7 +118,7 @@ class Replay:
             self.sched.apply(WorkerUpdate(worker=w.name, kv_capacity_tokens=w.capacity,
                                           host_capacity_tokens=w.host_capacity,
                                           h2d_tokens_per_s=self.cost.h2d_tokens_per_s,
-                                          prefill_tokens_per_s=self._prefill_rate()))
+                                          prefill_tokens_per_s=self._prefill_tokens_per_s))
         # a fixed list of (time, program), or a closed loop that admits a program per finish
         self._loop = None if isinstance(self.arrivals, list) else self.arrivals
         self._n_arrived = 0
@@ -146,10 +145,6 @@ class Replay:
     def _on_tick(self) -> None:
         for w in self.workers.values():
             self._kick(w)
-
-    def _prefill_rate(self) -> float:
-        n = 8192
-        return n / max(1e-9, self.cost.prefill_time_s(n))
 
     # ---- programs and calls ------------------------------------------------------------------
     def _prepare(self, index: int, program: Program) -> list:
@@ -270,7 +265,7 @@ class Replay:
         self.sched.apply(WorkerUpdate(worker=w.name, kv_capacity_tokens=w.capacity, kv_used_tokens=w.used_tokens,
                                       host_capacity_tokens=w.host_capacity,
                                       h2d_tokens_per_s=self.cost.h2d_tokens_per_s,
-                                      prefill_tokens_per_s=self._prefill_rate(), queue_depth=len(w.waiting)))
+                                      prefill_tokens_per_s=self._prefill_tokens_per_s, queue_depth=len(w.waiting)))
         self._kick(w)
 
     def _call_done(self, w: SimWorker, req: SimRequest) -> None:
@@ -278,7 +273,7 @@ class Replay:
         prog = self._progs[pid]
         i = prog.next_call
         _, _, prefixes, full_key = prog.calls[i]
-        full = req.tokens + req.output_ids
+        full = req.full  # built once by the worker when it cached the sequence
         self._tokens_of[full_key] = (full, len(full) // B)
         for key, _ in prefixes:
             self._seen.add(key)
@@ -373,7 +368,6 @@ class Replay:
                 continue
             name = r.workers[0] if r.workers else next(iter(self.workers))
             w = self.workers[name]
-            self._progs[req.program_id].worker = name
             w.waiting.append(req)
             self._kick(w)
         if d.admit:

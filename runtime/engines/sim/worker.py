@@ -45,6 +45,7 @@ class SimRequest:
     done_prefill: int = 0  # prompt tokens prefilled so far (excluding hits)
     generated: int = 0
     first_token_s: float | None = None
+    full: bytes = b""  # prompt + output, set when it finishes (what the cache now holds)
 
     @property
     def prompt_len(self) -> int:
@@ -229,7 +230,7 @@ class SimWorker:
 
     def _finish(self, req: SimRequest) -> None:
         self.private_tokens -= req.reserved
-        seq = req.tokens + req.output_ids
+        seq = req.full = req.tokens + req.output_ids
         self.gpu.dec_lock_ref(req.node)
         req.node = None
         self.insert_cached(seq, prompt_len=req.prompt_len)
