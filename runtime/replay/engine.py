@@ -30,7 +30,7 @@ from agentflow.runtime.events import (
     CallFinished, CallStarted, CallSubmitted, PrefixMoved, ProgramArrived, ProgramFinished, ToolFinished,
     ToolStarted, WorkerUpdate,
 )
-from agentflow.runtime.policies import make_policy
+from agentflow.runtime.policies import Policy, make_policy
 from agentflow.runtime.prefixes import PrefixRef
 from agentflow.runtime.replay.metrics import Recorder
 from agentflow.runtime.replay.oracle import ReplayOracle
@@ -66,7 +66,7 @@ def _key(runs) -> str:
 
 
 class Replay:
-    def __init__(self, arrivals, plan: PlanningGraph, policy: str,
+    def __init__(self, arrivals, plan: PlanningGraph, policy: str | Policy,
                  cost: CostModel, config: ReplayConfig = ReplayConfig(),
                  on_progress: Callable[[int], None] | None = None, prepared: dict | None = None):
         self.plan = plan
@@ -74,8 +74,12 @@ class Replay:
         self.config = config
         self.clock = ManualClock()
         self.oracle = ReplayOracle(llm_time_s_per_call=1.0)
-        pol = make_policy(policy, oracle=self.oracle) if policy == "belady" else make_policy(policy)
-        self.policy_name = policy
+        # a preset by name, or a Policy built by the caller (e.g. a preset with another admission order)
+        if isinstance(policy, Policy):
+            pol = policy
+        else:
+            pol = make_policy(policy, oracle=self.oracle) if policy == "belady" else make_policy(policy)
+        self.policy_name = policy = pol.name
         self.sched = Scheduler(pol, clock=self.clock, config=SchedulerConfig())
         strategy = "lru" if policy in ("lru", "continuum") else "priority"
         now = self.clock.now_s
