@@ -12,8 +12,9 @@ split each digit first as SmolLM2's own tokenizer.json (and llama.cpp) do; there
 On 253 texts (75 edge cases, 178 real prompts and tool outputs from ../shared/data; 66,681
 tokens) ours equalled transformers' with SmolLM2's pre-tokenizer put back on all 253, and an
 independent pure-Python llama.cpp-style BPE on all 253; transformers' as loaded on 228 (the 25
-others all have spaces before digits, such as ``ls -l`` output). ``test_matches_transformers``
-repeats the comparison where transformers and torch are installed.
+others all have spaces before digits, such as ``ls -l`` output); that one-off comparison's scripts
+are not in the repo. ``test_matches_transformers`` repeats it on 54 texts (the pinned strings, edge
+cases and chunks of the converter fixtures) where transformers and torch are installed.
 """
 
 from __future__ import annotations
