@@ -40,10 +40,27 @@ def default_concurrency(programs, kv_tokens_total: int, factor: float = DEFAULT_
     return max(1, math.ceil(factor * kv_tokens_total / max(1.0, 0.5 * mean_peak)))
 
 
+def _check(setup: ReplaySetup) -> None:
+    """Bad settings are errors that name the setting, before any work."""
+    if setup.workers < 1:
+        raise ValueError(f"workers must be >= 1 (got {setup.workers})")
+    if setup.num_programs is not None and setup.num_programs < 1:
+        raise ValueError(f"programs must be >= 1 (got {setup.num_programs}); leave it out to replay them all")
+    for name in ("kv_capacity_tokens", "host_capacity_tokens"):
+        value = getattr(setup, name)
+        if value is not None and value < 0:
+            raise ValueError(f"{name} must be >= 0 (got {value})")
+    if setup.kv_capacity_tokens == 0:
+        raise ValueError("kv_capacity_tokens must be > 0: a worker needs a GPU KV pool")
+    if not setup.policies:
+        raise ValueError("no policies to replay")
+
+
 def run(setup: ReplaySetup, progress: Callable[[int], None] | None = None) -> tuple[dict, dict, dict]:
     """(config, results per policy, series per policy for plots)."""
+    _check(setup)
     wl = load_workload(setup.workload)
-    programs = wl.programs[: setup.num_programs] if setup.num_programs else list(wl.programs)
+    programs = wl.programs[: setup.num_programs] if setup.num_programs is not None else list(wl.programs)
     cost = make_cost_model(setup.preset)
     kv = setup.kv_capacity_tokens or cost.kv_capacity_tokens
     plan = planning_graph(programs, name=f"replay-{wl.header.source}")

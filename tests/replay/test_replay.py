@@ -110,3 +110,9 @@ def test_replay_command_rejects_bad_input(tmp_path):
     assert both.exit_code == 2 and "choose one of" in both.output
     missing = CliRunner().invoke(cli, ["replay", str(tmp_path / "none.jsonl")])
     assert missing.exit_code == 2 and "none.jsonl" in missing.output
+    for args, message in ((["--workers", "0"], "workers must be >= 1 (got 0)"),
+                          (["--programs", "0"], "programs must be >= 1 (got 0)"),
+                          (["--kv-tokens", "0"], "needs a GPU KV pool"),
+                          (["--concurrency", "0", "--programs", "2"], "num_in_flight must be >= 1")):
+        out = CliRunner().invoke(cli, ["replay", str(SWE), *args])
+        assert out.exit_code == 2 and message in out.output, (args, out.output)
