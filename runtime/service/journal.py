@@ -1,0 +1,128 @@
+"""What the scheduler service writes down so that a restart loses no open program.
+
+The scheduler's state is a function of the events it applied, so the journal is the event log of
+the programs still open (SQLite, WAL mode: a commit is an append to the log file, no fsync per
+event under `synchronous=NORMAL`, and readers never block the writer):
+
+    workflows(hash, spec)                     compiled again on recovery
+    programs(program_id, workflow_hash, tenant, opened_s, last_seq)
+    events(id, program_id, t_s, kind, body)   CallSubmitted, CallStarted, CallFinished,
+                                              ToolStarted, ToolFinished of open programs, in order
+    tool_samples(id, tool, duration_s)        what the TTL policy learned (the newest N per tool)
+
+Closing a program deletes its rows, so the journal holds only what a restart needs; worker
+state is not journaled (workers register again when the scheduler comes back). Recovery replays
+each program's events into a fresh scheduler at their recorded times (`ServiceCore.recover`).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS workflows (hash TEXT PRIMARY KEY, spec TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS programs (
+    program_id TEXT PRIMARY KEY, workflow_hash TEXT NOT NULL, tenant TEXT NOT NULL,
+    opened_s REAL NOT NULL, last_seq INTEGER NOT NULL DEFAULT 0);
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, program_id TEXT NOT NULL, t_s REAL NOT NULL,
+    kind TEXT NOT NULL, body TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS events_by_program ON events(program_id);
+CREATE TABLE IF NOT EXISTS tool_samples (id INTEGER PRIMARY KEY AUTOINCREMENT, tool TEXT NOT NULL,
+    duration_s REAL NOT NULL);
+"""
+
+TOOL_SAMPLES_KEPT = 512  # per tool; older samples are dropped (the TTL policy keeps fewer)
+
+
+@dataclass(frozen=True, slots=True)
+class JournaledProgram:
+    program_id: str
+    workflow_hash: str
+    tenant: str
+    opened_s: float
+    last_seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class JournaledEvent:
+    program_id: str
+    t_s: float
+    kind: str
+    body: dict
+
+
+class Journal:
+    """An event journal in one SQLite file (":memory:" for none that survives)."""
+
+    def __init__(self, path: str | Path = ":memory:"):
+        self.path = str(path)
+        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(_SCHEMA)
+        self._pending = 0
+
+    def close(self) -> None:
+        self._db.close()
+
+    # ---- writes (each one a transaction of its own: what returned is durable to a process crash)
+    def put_workflow(self, workflow_hash: str, spec: str) -> None:
+        self._db.execute("INSERT OR IGNORE INTO workflows(hash, spec) VALUES (?, ?)", (workflow_hash, spec))
+
+    def open_program(self, program_id: str, workflow_hash: str, tenant: str, opened_s: float) -> None:
+        self._db.execute("INSERT INTO programs(program_id, workflow_hash, tenant, opened_s) VALUES (?, ?, ?, ?)",
+                         (program_id, workflow_hash, tenant, opened_s))
+
+    def append(self, program_id: str, t_s: float, kind: str, body: dict, seq: int | None = None) -> None:
+        with self._db:
+            self._db.execute("BEGIN")
+            self._db.execute("INSERT INTO events(program_id, t_s, kind, body) VALUES (?, ?, ?, ?)",
+                             (program_id, t_s, kind, json.dumps(body, separators=(",", ":"))))
+            if seq is not None:
+                self._db.execute("UPDATE programs SET last_seq = ? WHERE program_id = ?", (seq, program_id))
+
+    def set_seq(self, program_id: str, seq: int) -> None:
+        self._db.execute("UPDATE programs SET last_seq = ? WHERE program_id = ?", (seq, program_id))
+
+    def close_program(self, program_id: str) -> None:
+        with self._db:
+            self._db.execute("BEGIN")
+            self._db.execute("DELETE FROM events WHERE program_id = ?", (program_id,))
+            self._db.execute("DELETE FROM programs WHERE program_id = ?", (program_id,))
+
+    def tool_sample(self, tool: str, duration_s: float) -> None:
+        self._db.execute("INSERT INTO tool_samples(tool, duration_s) VALUES (?, ?)", (tool, duration_s))
+        self._pending += 1
+        if self._pending >= TOOL_SAMPLES_KEPT:  # trim now and then, not per sample
+            self._pending = 0
+            self._db.execute(
+                "DELETE FROM tool_samples WHERE id IN (SELECT id FROM (SELECT id, ROW_NUMBER() OVER "
+                "(PARTITION BY tool ORDER BY id DESC) AS r FROM tool_samples) WHERE r > ?)", (TOOL_SAMPLES_KEPT,))
+
+    # ---- reads (recovery)
+    def workflows(self) -> dict[str, str]:
+        return dict(self._db.execute("SELECT hash, spec FROM workflows"))
+
+    def programs(self) -> list[JournaledProgram]:
+        rows = self._db.execute("SELECT program_id, workflow_hash, tenant, opened_s, last_seq FROM programs "
+                                "ORDER BY opened_s, rowid")
+        return [JournaledProgram(*r) for r in rows]
+
+    def events(self) -> Iterator[JournaledEvent]:
+        for pid, t, kind, body in self._db.execute("SELECT program_id, t_s, kind, body FROM events ORDER BY id"):
+            yield JournaledEvent(pid, t, kind, json.loads(body))
+
+    def tool_samples(self) -> list[tuple[str, float]]:
+        return list(self._db.execute("SELECT tool, duration_s FROM tool_samples ORDER BY id"))
+
+    def counts(self) -> dict[str, int]:
+        return {t: self._db.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0]  # noqa: S608 (fixed names)
+                for t in ("workflows", "programs", "events", "tool_samples")}
+
+
+__all__ = ["JournaledEvent", "JournaledProgram", "Journal"]
