@@ -36,3 +36,17 @@ class ManualClock:
         if t_s < self._t:
             raise ValueError(f"time cannot go back ({t_s} < {self._t})")
         self._t = float(t_s)
+
+
+class ScaledClock:
+    """Wall time at `time_scale` simulated seconds per second, in absolute terms (seconds since
+    the epoch, scaled), so a restarted process continues the same timeline: the service and its
+    simulated workers run on it."""
+
+    def __init__(self, time_scale: float = 1.0):
+        if not time_scale > 0:
+            raise ValueError(f"time_scale must be > 0 (got {time_scale})")
+        self.time_scale = float(time_scale)
+
+    def now_s(self) -> float:
+        return time.time() * self.time_scale

@@ -14,6 +14,8 @@ _SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
     "schema": ("agentflow.cli.plan", "schema", "Print the JSON Schema of the workflow spec format."),
     "replay": ("agentflow.cli.replay", "replay", "Replay a workload through the simulated cluster; compare every policy side by side."),
     "schedule": ("agentflow.cli.schedule", "schedule", "Run a script of events through the scheduler; print its decisions."),
+    "serve": ("agentflow.cli.serve", "serve", "Start the scheduler service (gRPC) that clients and GPU workers talk to."),
+    "worker": ("agentflow.cli.serve", "worker", "Start a worker agent beside an engine (sim, local or sglang) and register it."),
     "workload": ("agentflow.cli.workload", "workload", "Convert real agent runs into replayable workloads; print their statistics."),
 }
 

@@ -1,4 +1,5 @@
-"""`agentflow replay`: a workload through the simulated cluster, every policy side by side."""
+"""`agentflow replay`: a workload through the simulated cluster, every policy side by side; or
+live, through a scheduler service (`--service`) or real engines (`--engine local|sglang`)."""
 
 from __future__ import annotations
 
@@ -26,8 +27,18 @@ from agentflow.errors import AgentflowError
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None, help="Write results as JSON here.")
 @click.option("--plot", "plot_dir", type=click.Path(file_okay=False), default=None,
               help="Write plots (JCT CDF, cache over time, per-policy bars) into this folder.")
+@click.option("--engine", type=click.Choice(["sim", "local", "sglang"]), default="sim", show_default=True,
+              help="sim: the discrete-event replay; local / sglang: live on a real engine, one run per policy.")
+@click.option("--live", is_flag=True, help="With --engine sim: simulated workers in scaled real time, in process.")
+@click.option("--service", default=None, metavar="HOST:PORT",
+              help="Replay live through a running scheduler service (`agentflow serve`) and its workers.")
+@click.option("--sglang-url", default=None, help="--engine sglang: the SGLang server's base URL.")
+@click.option("--time-scale", type=float, default=1.0, show_default=True,
+              help="Live runs: workload seconds per wall second (the service's and sim workers' --time-scale).")
+@click.option("--token", default=None, help="--service: bearer token.")
+@click.option("--tls-cert", default=None, type=click.Path(dir_okay=False), help="--service: CA certificate (PEM).")
 def replay(workload, policies, preset, workers, rate, concurrency, recorded, num_programs, kv_tokens, host_tokens,
-           seed, json_out, plot_dir) -> None:
+           seed, json_out, plot_dir, engine, live, service, sglang_url, time_scale, token, tls_cert) -> None:
     """Replay WORKLOAD (a workload file, see `agentflow workload`) through a simulated SGLang
     cluster once per policy, and compare them side by side: job completion time, time to first
     token, prefix hit rate, recomputed prefill, pinned memory, throughput."""
@@ -44,6 +55,13 @@ def replay(workload, policies, preset, workers, rate, concurrency, recorded, num
     if sum(x is not None and x is not False for x in (rate, concurrency, recorded or None)) > 1:
         click.echo("error: choose one of --rate, --concurrency, --recorded", err=True)
         sys.exit(2)
+    if service or live or engine != "sim":
+        if rate is not None or recorded:
+            click.echo("error: live replays run a closed loop: use --concurrency, not --rate or --recorded", err=True)
+            sys.exit(2)
+        _live(workload, names, preset, workers, concurrency, num_programs, kv_tokens, host_tokens, seed, json_out,
+              engine, service, sglang_url, time_scale, token, tls_cert)
+        return
     setup = ReplaySetup(workload=workload, policies=names, preset=preset, workers=workers, rate_per_s=rate,
                         concurrency=concurrency, recorded=recorded, num_programs=num_programs, seed=seed,
                         kv_capacity_tokens=kv_tokens, host_capacity_tokens=host_tokens)
@@ -68,3 +86,44 @@ def replay(workload, policies, preset, workers, rate, concurrency, recorded, num
     if plot_dir:
         files = report.plots(results, series, plot_dir, title=f"{config['source']} ({config['programs']} programs)")
         click.echo("plots: " + ", ".join(str(f) for f in files))
+
+
+def _live(workload, names, preset, workers, concurrency, num_programs, kv_tokens, host_tokens, seed, json_out,
+          engine, service, sglang_url, time_scale, token, tls_cert) -> None:
+    import json
+
+    from agentflow.cli._table import render
+    from agentflow.runtime.replay.live_run import LiveSetup, run_live
+
+    if "belady" in names:
+        names = tuple(n for n in names if n != "belady")
+        click.echo("note: belady needs the future; live replays skip it", err=True)
+    setup = LiveSetup(workload=workload, policies=names, engine=engine, service=service, workers=workers,
+                      sglang_url=sglang_url, preset=preset, kv_capacity_tokens=kv_tokens,
+                      host_capacity_tokens=host_tokens, concurrency=concurrency or 8, num_programs=num_programs,
+                      seed=seed, time_scale=time_scale, token=token, tls_cert=tls_cert)
+    try:
+        from agentflow.runtime.workload import load_workload
+
+        n = len(load_workload(workload).programs)
+        runs = 1 if service else len(names)
+        total = (min(n, num_programs) if num_programs else n) * runs
+        with click.progressbar(length=total, label="replaying live", file=sys.stderr, show_pos=True) as bar:
+            config, results = run_live(setup, progress=bar.update)
+    except (AgentflowError, ValueError, OSError) as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(2)
+    except Exception as e:  # grpc errors: the service is down or refused us
+        if type(e).__module__.startswith("grpc"):
+            click.echo(f"error: the service at {service} answered {e}", err=True)
+            sys.exit(1)
+        raise
+    where = f"service {service}" if service else f"{workers} {engine} engine(s) in process"
+    click.echo(f"{config['source']}: {config['programs']} programs, {config['calls']} calls; live through {where}; "
+               f"{config['concurrency']} in flight")
+    cols = ("jct_mean_s", "jct_p90_s", "ttft_mean_s", "hit_rate", "submit_p99_ms", "retries", "wall_s")
+    click.echo(render(("policy",) + cols, [(p,) + tuple(r[c] for c in cols) for p, r in results.items()]))
+    if json_out:
+        with open(json_out, "w") as f:
+            json.dump({"config": config, "results": results}, f, indent=2)
+        click.echo(f"json: {json_out}")

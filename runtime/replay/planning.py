@@ -31,6 +31,7 @@ class PlanningGraph:
     graph: StepGraph
     llm_step: dict[str, str]  # agent -> its LLM step
     tool_step: str
+    workflow: object = None  # the CompiledWorkflow it came from (a service is sent its spec)
 
     def step_of(self, agent: str) -> str:
         return self.llm_step[agent]
@@ -73,4 +74,4 @@ def planning_graph(programs: list[Program], *, name: str = "replay") -> Planning
         wf.sequence("tool", "next")
         wf.loop("next", back_to="speak", max_iterations=max_calls, expected_iterations=mean_calls)
     compiled = wf.compile()
-    return PlanningGraph(graph=compiled.graph, llm_step=steps, tool_step="tool")
+    return PlanningGraph(graph=compiled.graph, llm_step=steps, tool_step="tool", workflow=compiled)

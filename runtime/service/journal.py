@@ -8,7 +8,8 @@ event under `synchronous=NORMAL`, and readers never block the writer):
     programs(program_id, workflow_hash, tenant, opened_s, last_seq)
     events(id, program_id, t_s, kind, body)   CallSubmitted, CallStarted, CallFinished,
                                               ToolStarted, ToolFinished of open programs, in order
-    tool_samples(id, tool, duration_s)        what the TTL policy learned (the newest N per tool)
+    tool_samples(id, tool, duration_s)        what the TTL policy learned from closed programs
+                                              (the newest N per tool)
 
 Closing a program deletes its rows, so the journal holds only what a restart needs; worker
 state is not journaled (workers register again when the scheduler comes back). Recovery replays
@@ -20,6 +21,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,6 +68,24 @@ class Journal:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
         self._pending = 0
+        self._batch_depth = 0
+
+    @contextmanager
+    def batch(self):
+        """One transaction for every write inside (a batch of submissions: one commit, not N)."""
+        if self._batch_depth == 0:
+            self._db.execute("BEGIN")
+        self._batch_depth += 1
+        try:
+            yield self
+        except BaseException:
+            self._batch_depth -= 1
+            if self._batch_depth == 0:
+                self._db.execute("ROLLBACK")
+            raise
+        self._batch_depth -= 1
+        if self._batch_depth == 0:
+            self._db.execute("COMMIT")
 
     def close(self) -> None:
         self._db.close()
@@ -79,8 +99,7 @@ class Journal:
                          (program_id, workflow_hash, tenant, opened_s))
 
     def append(self, program_id: str, t_s: float, kind: str, body: dict, seq: int | None = None) -> None:
-        with self._db:
-            self._db.execute("BEGIN")
+        with self.batch():
             self._db.execute("INSERT INTO events(program_id, t_s, kind, body) VALUES (?, ?, ?, ?)",
                              (program_id, t_s, kind, json.dumps(body, separators=(",", ":"))))
             if seq is not None:
@@ -90,14 +109,20 @@ class Journal:
         self._db.execute("UPDATE programs SET last_seq = ? WHERE program_id = ?", (seq, program_id))
 
     def close_program(self, program_id: str) -> None:
-        with self._db:
-            self._db.execute("BEGIN")
+        """Forget a closed program; its tool durations move to `tool_samples`. (An open program's
+        durations live in its events only, so recovery, which replays those events, counts each
+        sample once.)"""
+        with self.batch():
+            cur = self._db.execute(
+                "INSERT INTO tool_samples(tool, duration_s) SELECT json_extract(body, '$.tool'), "
+                "json_extract(body, '$.duration_s') FROM events WHERE program_id = ? AND kind = 'tool_finished' "
+                "ORDER BY id", (program_id,))
+            self._trim_samples(cur.rowcount)
             self._db.execute("DELETE FROM events WHERE program_id = ?", (program_id,))
             self._db.execute("DELETE FROM programs WHERE program_id = ?", (program_id,))
 
-    def tool_sample(self, tool: str, duration_s: float) -> None:
-        self._db.execute("INSERT INTO tool_samples(tool, duration_s) VALUES (?, ?)", (tool, duration_s))
-        self._pending += 1
+    def _trim_samples(self, added: int) -> None:
+        self._pending += max(0, added)
         if self._pending >= TOOL_SAMPLES_KEPT:  # trim now and then, not per sample
             self._pending = 0
             self._db.execute(

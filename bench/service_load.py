@@ -1,0 +1,224 @@
+"""The scheduler service under load, on loopback: submission throughput and latency, and what
+the service costs a replay compared with the same replay in process.
+
+Processes (all on this machine, real gRPC over loopback):
+
+    this process (clients) ──gRPC──> `agentflow serve` (scheduler, subprocess)
+            │                              ▲ register / heartbeat / report / watch decisions
+            └──────────gRPC Generate──> `agentflow worker --engine sim --count 8` (subprocess)
+
+1. Submission load: open `--load-programs` programs, then submit one LLM call for each over
+   `--streams` SubmitCalls streams (each keeps `--window` submissions outstanding), against the
+   same scheduler and 8 registered workers. `submit_rps` = submissions answered per wall second;
+   `submit_p99_ms` = the 99th percentile of send -> answer per submission.
+2. The same replay both ways, side by side: `--programs` SWE-bench programs (examples/workloads),
+   `--in-flight` at a time, simulated workers at `--time-scale` simulated seconds per wall second:
+   (a) through the service (client here, scheduler and workers in their subprocesses), and
+   (b) in process (`InProcessClient`: the same core and 8 SimEngines, no RPC).
+   `jct_ratio_vs_inprocess` = mean JCT (a) / mean JCT (b), both in workload seconds.
+
+    python bench/service_load.py --json
+Targets: submit_rps >= 5000, submit_p99_ms <= 10, jct_ratio_vs_inprocess <= 1.05.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+WORKLOAD = ROOT / "examples/workloads/swebench-mini-swe-agent.jsonl"
+PY = sys.executable
+
+
+def _spawn(args: list[str]) -> subprocess.Popen:
+    """Start `python -m agentflow ARGS` (it reports where it listens on stderr)."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    return subprocess.Popen([PY, "-m", "agentflow", *args], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                            text=True, env=env)
+
+
+def _wait_lines(proc: subprocess.Popen, pattern: str, count: int, timeout_s: float = 60.0) -> list[str]:
+    found, deadline = [], time.monotonic() + timeout_s
+    while len(found) < count:
+        line = proc.stderr.readline()
+        if not line:
+            raise RuntimeError(f"process exited ({proc.poll()}) before printing {count} x {pattern!r}")
+        m = re.search(pattern, line)
+        if m:
+            found.append(m.group(1))
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out waiting for {pattern!r}")
+    return found
+
+
+def _spec_and_step(plan) -> tuple[str, str]:
+    from agentflow.spec import WorkflowSpec
+
+    return WorkflowSpec.from_compiled(plan.workflow).to_json(), next(iter(plan.llm_step.values()))
+
+
+async def submit_load(addr: str, plan, n_programs: int, streams: int, window: int) -> dict:
+    import grpc
+
+    from agentflow.runtime.engines.base import prefix_chain
+    from agentflow.v1 import service_pb2 as pb
+    from agentflow.v1 import service_pb2_grpc as pbg
+
+    spec, step = _spec_and_step(plan)
+    ch = grpc.aio.insecure_channel(addr)
+    stub = pbg.SchedulerStub(ch)
+    h = (await stub.OpenProgram(pb.OpenProgramRequest(program_id="load-0", workflow_spec=spec))).workflow_hash
+    pids = [f"load-{i}" for i in range(n_programs)]
+    sem = asyncio.Semaphore(64)
+
+    async def open_one(pid):
+        async with sem:
+            await stub.OpenProgram(pb.OpenProgramRequest(program_id=pid, workflow_hash=h))
+
+    await asyncio.gather(*(open_one(p) for p in pids[1:]))
+    sys_ids = list(range(10, 1010))
+    reqs = []
+    for i, pid in enumerate(pids):
+        ids = sys_ids + [5000 + i] * 200
+        refs = prefix_chain("default", ids, (1000, 1200))
+        reqs.append(pb.SubmitCallRequest(
+            program_id=pid, call_id=f"{pid}#0", step=step, prompt_tokens=len(ids),
+            expected_output_tokens=100, event_seq=1,
+            prefixes=[pb.Prefix(key=r.key, parent=r.parent or "", num_tokens=r.num_tokens, namespace=r.namespace)
+                      for r in refs]))
+    lat_ms: list[float] = []
+    errors = 0
+    per_stream = [reqs[i::streams] for i in range(streams)]
+
+    async def run_stream(items):
+        nonlocal errors
+        sent_at: dict[str, float] = {}
+        credits = asyncio.Semaphore(window)
+
+        async def gen():
+            for m in items:
+                await credits.acquire()
+                sent_at[m.call_id] = time.perf_counter()
+                yield m
+
+        call = stub.SubmitCalls(gen())
+        async for resp in call:
+            lat_ms.append((time.perf_counter() - sent_at.pop(resp.call_id)) * 1000.0)
+            if resp.error:
+                errors += 1
+            credits.release()
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(run_stream(s) for s in per_stream))
+    wall = time.perf_counter() - t0
+    for pid in pids:  # leave the scheduler clean for the replay
+        await stub.CloseProgram(pb.CloseProgramRequest(program_id=pid, cancelled=True))
+    await ch.close()
+    return {"submit_rps": len(reqs) / wall, "submit_p50_ms": float(np.percentile(lat_ms, 50)),
+            "submit_p99_ms": float(np.percentile(lat_ms, 99)), "submit_errors": errors, "submissions": len(reqs)}
+
+
+async def replay_service(addr: str, programs, plan, args) -> dict:
+    from agentflow.runtime.replay.live import LiveReplay
+    from agentflow.runtime.service.client import ServiceClient
+
+    client = ServiceClient(addr)
+    try:
+        return await LiveReplay(programs, plan, client, time_scale=args.time_scale, num_in_flight=args.in_flight,
+                                run_id="svc").run()
+    finally:
+        await client.close()
+
+
+async def replay_in_process(programs, plan, args) -> dict:
+    from agentflow.runtime.engines.sim.costmodel import make_cost_model
+    from agentflow.runtime.engines.sim.engine import SimEngine
+    from agentflow.runtime.replay.live import LiveReplay
+    from agentflow.runtime.service.inprocess import InProcessClient
+
+    engines = [SimEngine(name=f"sim-{i}", cost=make_cost_model(args.preset), capacity_tokens=args.kv_tokens,
+                         strategy="priority", time_scale=args.time_scale) for i in range(args.workers)]
+    client = InProcessClient(engines, policy=args.policy, time_scale=args.time_scale)
+    try:
+        return await LiveReplay(programs, plan, client, time_scale=args.time_scale, num_in_flight=args.in_flight,
+                                run_id="inproc").run()
+    finally:
+        await client.close()
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--workers", type=int, default=8)
+    ap.add_argument("--load-programs", type=int, default=4000)
+    ap.add_argument("--streams", type=int, default=4)
+    ap.add_argument("--window", type=int, default=16)
+    ap.add_argument("--programs", type=int, default=48)
+    ap.add_argument("--in-flight", type=int, default=24)
+    ap.add_argument("--time-scale", type=float, default=20.0)
+    ap.add_argument("--preset", default="llama-3.1-8b-h100")
+    ap.add_argument("--kv-tokens", type=int, default=None)
+    ap.add_argument("--policy", default="agentflow")
+    ap.add_argument("--json", action="store_true", help="print one JSON line")
+    args = ap.parse_args()
+
+    from agentflow.runtime.replay.planning import planning_graph
+    from agentflow.runtime.workload import load_workload
+
+    programs = list(load_workload(WORKLOAD).programs[: args.programs])
+    plan = planning_graph(programs)
+    tmp = tempfile.mkdtemp(prefix="agentflow-bench-")
+    sched = workers = None
+    try:
+        sched = _spawn(["serve", "--listen", "127.0.0.1:0", "--journal", f"{tmp}/journal.sqlite",
+                        "--policy", args.policy, "--time-scale", str(args.time_scale)])
+        addr = _wait_lines(sched, r"scheduler on (\S+)", 1)[0]
+        wargs = ["worker", "--scheduler", addr, "--engine", "sim", "--count", str(args.workers), "--id", "sim",
+                 "--preset", args.preset, "--time-scale", str(args.time_scale)]
+        if args.kv_tokens:
+            wargs += ["--kv-tokens", str(args.kv_tokens)]
+        workers = _spawn(wargs)
+        _wait_lines(workers, r"agentflow worker (\S+)", args.workers)
+        time.sleep(0.5)  # first heartbeats
+        load = asyncio.run(submit_load(addr, plan, args.load_programs, args.streams, args.window))
+        svc = asyncio.run(replay_service(addr, programs, plan, args))
+    finally:
+        for p in (workers, sched):
+            if p is not None:
+                p.terminate()
+                try:
+                    p.wait(10)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+    inproc = asyncio.run(replay_in_process(programs, plan, args))
+    out = {
+        "submit_rps": round(load["submit_rps"], 1), "submit_p99_ms": round(load["submit_p99_ms"], 3),
+        "jct_ratio_vs_inprocess": round(svc["jct_mean_s"] / inproc["jct_mean_s"], 4),
+        "submit_p50_ms": round(load["submit_p50_ms"], 3), "submissions": load["submissions"],
+        "submit_errors": load["submit_errors"],
+        "service_jct_mean_s": round(svc["jct_mean_s"], 3), "inprocess_jct_mean_s": round(inproc["jct_mean_s"], 3),
+        "service_hit_rate": round(svc["hit_rate"], 4), "inprocess_hit_rate": round(inproc["hit_rate"], 4),
+        "replay_submit_p99_ms": round(svc["submit_p99_ms"], 3), "programs": len(programs),
+        "workers": args.workers, "time_scale": args.time_scale, "policy": args.policy,
+        "wall_s": {"service": round(svc["wall_s"], 1), "inprocess": round(inproc["wall_s"], 1)},
+    }
+    if args.json:
+        print(json.dumps(out))
+    else:
+        for k, v in out.items():
+            print(f"{k:>26}: {v}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

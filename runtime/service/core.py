@@ -1,0 +1,571 @@
+"""The scheduler service's core: the program scheduler, shared by many clients and workers.
+
+gRPC servicers (server.py) only convert messages and call this; everything here is plain Python
+on one event loop (no locks: one call at a time), testable without a network.
+
+    client ── open / submit / tool / close ──┐
+                                             v
+    worker ── register / heartbeat / report ─> ServiceCore ── Scheduler.apply(event), step()
+                                             │        │
+                                             │        └─> Decision, split per worker ─> sinks
+                                             │                                       (WatchDecisions)
+                                             └─> Journal (open programs' events, SQLite WAL)
+
+Routing: the scheduler's Decision ranks workers for each new call; the service picks one with the
+DualMap-style router (routing.py): the program's own worker while it is not overloaded, else two
+hash-chosen candidates compared by predicted TTFT against the SLO.
+
+Faults:
+  * a worker that misses heartbeats for `worker_timeout_s` is lost: WorkerLost ends its pins and
+    puts its in-flight calls back in the queue; the clients that were waiting on it retry once
+    (`failed_worker` set), which also declares it lost at once if the heartbeats have not yet;
+  * every program-scoped request carries `event_seq`: a repeat (a client retrying after a timeout
+    or a scheduler restart) is answered again, never applied twice;
+  * `recover(journal)` rebuilds the scheduler from the journal at the recorded times; in-flight
+    calls finish on workers that register again; workers that do not are lost after the timeout.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import hashlib
+import math
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+
+from agentflow.errors import AgentflowError, SpecError, WorkflowValidationError
+from agentflow.graph.model import StepGraph
+from agentflow.runtime.decision import Decision, priority_of_steps
+from agentflow.runtime.events import (
+    CallFinished, CallStarted, CallSubmitted, ProgramArrived, ProgramFinished, ToolFinished, ToolStarted,
+    WorkerLost, WorkerUpdate,
+)
+from agentflow.runtime.policies import make_policy
+from agentflow.runtime.prefixes import PrefixRef
+from agentflow.runtime.scheduler import Scheduler, SchedulerConfig, SchedulerError
+from agentflow.runtime.service import routing
+from agentflow.runtime.service.journal import Journal
+
+CLOSED_REMEMBERED = 100_000  # closed program ids kept to answer "closed", not "unknown"
+
+
+class Code(enum.Enum):
+    """What went wrong, in gRPC's terms (server.py maps these to status codes)."""
+
+    INVALID_ARGUMENT = "invalid_argument"
+    NOT_FOUND = "not_found"
+    ALREADY_EXISTS = "already_exists"
+    FAILED_PRECONDITION = "failed_precondition"
+    UNAVAILABLE = "unavailable"
+
+
+class ServiceError(AgentflowError):
+    def __init__(self, code: Code, message: str, *, field: str | None = None):
+        super().__init__(f"{field}: {message}" if field else message)
+        self.code = code
+        self.field = field
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WorkerSpec:
+    worker_id: str
+    address: str
+    engine: str = "sim"
+    kv_capacity_tokens: int
+    host_capacity_tokens: int = 0
+    h2d_tokens_per_s: float = 0.0
+    prefill_tokens_per_s: float = 10_000.0
+    time_scale: float = 1.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LoadReport:
+    kv_used_tokens: int = 0
+    queue_depth: int = 0
+    running: int = 0
+    pinned_tokens: int = 0
+
+
+@dataclass(slots=True, kw_only=True)
+class _Worker:
+    spec: WorkerSpec
+    load: LoadReport
+    last_seen_s: float  # wall (monotonic) time of its last register or heartbeat
+    in_flight: int = 0  # calls routed here and not finished (fresher than its last report)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CallRequest:
+    program_id: str
+    call_id: str
+    step: str
+    prefixes: tuple[PrefixRef, ...]
+    prompt_tokens: int
+    expected_output_tokens: int = 256
+    event_seq: int = 0  # 0: the client does not number its requests (no deduplication)
+    failed_worker: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RouteAnswer:
+    call_id: str
+    worker_id: str
+    worker_address: str
+    reason: str
+    predicted_ttft_s: float
+    priority: int
+    session_id: str
+    steps_to_execution: float  # the calling agent's, inf: never again
+    reuse_prefixes: tuple[str, ...] = ()
+
+
+@dataclass(slots=True, kw_only=True)
+class _Program:
+    program_id: str
+    workflow_hash: str
+    tenant: str
+    last_seq: int = 0
+    answers: dict[str, RouteAnswer] = field(default_factory=dict)  # calls in flight -> their route
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CoreConfig:
+    policy: str = "agentflow"
+    heartbeat_interval_s: float = 0.5  # wall seconds
+    worker_timeout_s: float = 3.0  # wall seconds without a heartbeat: the worker is lost
+    router: routing.RouterConfig = routing.RouterConfig()
+    scheduler: SchedulerConfig = SchedulerConfig()
+
+
+class _Clock:
+    """The service's clock (injected), overridable while the journal is replayed."""
+
+    def __init__(self, clock):
+        self.clock = clock
+        self.fixed: float | None = None
+
+    def now_s(self) -> float:
+        return self.fixed if self.fixed is not None else self.clock.now_s()
+
+
+DecisionSink = Callable[[str, Decision], None]
+
+
+class ServiceCore:
+    def __init__(self, config: CoreConfig = CoreConfig(), *, clock, journal: Journal | None = None,
+                 wall: Callable[[], float] = time.monotonic, telemetry=None):
+        self.config = config
+        self.clock = _Clock(clock)
+        self.wall = wall
+        self.journal = journal
+        self.telemetry = telemetry
+        self.policy_name = config.policy
+        self.sched = Scheduler(make_policy(config.policy), clock=self.clock, config=config.scheduler)
+        self.epoch = uuid.uuid4().hex[:12]
+        self.workers: dict[str, _Worker] = {}
+        self.programs: dict[str, _Program] = {}
+        self.graphs: dict[str, StepGraph] = {}
+        self.specs: dict[str, str] = {}
+        self.closed: OrderedDict[str, None] = OrderedDict()
+        self.call_worker: dict[str, str] = {}  # routed calls -> worker
+        self.sinks: dict[str, DecisionSink] = {}  # worker -> where its part of each decision goes
+        self.decisions = 0
+        self._started_wall = wall()
+
+    # ================================================================ workers ===================
+    def register_worker(self, spec: WorkerSpec, load: LoadReport = LoadReport()) -> None:
+        if not spec.worker_id:
+            raise ServiceError(Code.INVALID_ARGUMENT, "must not be empty", field="info.worker_id")
+        if spec.kv_capacity_tokens <= 0:
+            raise ServiceError(Code.INVALID_ARGUMENT, f"must be > 0 (got {spec.kv_capacity_tokens})",
+                               field="info.kv_capacity_tokens")
+        if not spec.address:
+            raise ServiceError(Code.INVALID_ARGUMENT, "must be host:port of the worker's service",
+                               field="info.address")
+        old = self.workers.get(spec.worker_id)
+        self.workers[spec.worker_id] = _Worker(spec=spec, load=load, last_seen_s=self.wall(),
+                                               in_flight=old.in_flight if old else 0)
+        self._update(spec.worker_id)
+
+    def heartbeat(self, worker_id: str, load: LoadReport) -> bool:
+        w = self.workers.get(worker_id)
+        if w is None:
+            return False
+        w.load, w.last_seen_s = load, self.wall()
+        self._update(worker_id)
+        return True
+
+    def _update(self, worker_id: str) -> None:
+        w = self.workers[worker_id]
+        s = w.spec
+        self.sched.apply(WorkerUpdate(worker=worker_id, kv_capacity_tokens=s.kv_capacity_tokens,
+                                      kv_used_tokens=w.load.kv_used_tokens, host_capacity_tokens=s.host_capacity_tokens,
+                                      h2d_tokens_per_s=s.h2d_tokens_per_s, prefill_tokens_per_s=s.prefill_tokens_per_s,
+                                      queue_depth=w.load.queue_depth))
+
+    def lose_worker(self, worker_id: str) -> None:
+        if self.workers.pop(worker_id, None) is None:
+            return
+        self.sinks.pop(worker_id, None)
+        for cid in [c for c, w in self.call_worker.items() if w == worker_id]:
+            del self.call_worker[cid]
+        self.sched.apply(WorkerLost(worker=worker_id))
+        self._step()
+
+    def expire_workers(self) -> list[str]:
+        """Workers silent for longer than the timeout are lost (called periodically)."""
+        now = self.wall()
+        lost = [w for w, rec in self.workers.items() if now - rec.last_seen_s > self.config.worker_timeout_s]
+        for w in lost:
+            self.lose_worker(w)
+        return lost
+
+    # ================================================================ programs ==================
+    def open_program(self, program_id: str, *, tenant: str = "", workflow_spec: str = "",
+                     workflow_hash: str = "") -> tuple[str, bool]:
+        if not program_id:
+            raise ServiceError(Code.INVALID_ARGUMENT, "must not be empty", field="program_id")
+        if program_id in self.programs:
+            return self.programs[program_id].workflow_hash, False
+        if program_id in self.closed:
+            raise ServiceError(Code.FAILED_PRECONDITION, f"program {program_id!r} was closed; open it under a new id",
+                               field="program_id")
+        h = self._workflow(workflow_spec, workflow_hash)
+        tenant = tenant or "default"
+        self.programs[program_id] = _Program(program_id=program_id, workflow_hash=h, tenant=tenant)
+        now = self.clock.now_s()
+        if self.journal is not None:
+            self.journal.open_program(program_id, h, tenant, now)
+        self.sched.apply(ProgramArrived(program_id=program_id, graph=self.graphs[h]))
+        return h, True
+
+    def _workflow(self, spec: str, spec_hash: str) -> str:
+        if spec:
+            h = hashlib.sha256(spec.encode()).hexdigest()
+            if spec_hash and spec_hash != h:
+                raise ServiceError(Code.INVALID_ARGUMENT, f"is not the sha256 of workflow_spec ({h})",
+                                   field="workflow_hash")
+            if h not in self.graphs:
+                self._compile(h, spec)
+                if self.journal is not None:
+                    self.journal.put_workflow(h, spec)
+            return h
+        if not spec_hash:
+            raise ServiceError(Code.INVALID_ARGUMENT, "one of workflow_spec or workflow_hash is required",
+                               field="workflow_spec")
+        if spec_hash not in self.graphs:
+            raise ServiceError(Code.NOT_FOUND, f"workflow {spec_hash[:12]}... is not known here: send workflow_spec",
+                               field="workflow_hash")
+        return spec_hash
+
+    def _compile(self, h: str, spec: str) -> None:
+        from agentflow.spec import WorkflowSpec
+
+        try:
+            compiled = WorkflowSpec.parse(spec, source="workflow_spec", fmt="json").compile()
+        except (SpecError, WorkflowValidationError) as exc:
+            raise ServiceError(Code.INVALID_ARGUMENT, str(exc), field="workflow_spec") from None
+        self.graphs[h] = compiled.graph
+        self.specs[h] = spec
+
+    def _program(self, program_id: str, fieldname: str = "program_id") -> _Program:
+        prog = self.programs.get(program_id)
+        if prog is None:
+            if program_id in self.closed:
+                raise ServiceError(Code.FAILED_PRECONDITION, f"program {program_id!r} is closed", field=fieldname)
+            raise ServiceError(Code.NOT_FOUND, f"program {program_id!r} is not open (OpenProgram first)",
+                               field=fieldname)
+        return prog
+
+    def _seen(self, prog: _Program, seq: int) -> bool:
+        """True when this request was applied before (a repeat); records the new number otherwise."""
+        if seq <= 0:
+            return False
+        if seq <= prog.last_seq:
+            return True
+        prog.last_seq = seq
+        return False
+
+    def _journal(self, prog: _Program, kind: str, body: dict, seq: int) -> None:
+        if self.journal is not None:
+            self.journal.append(prog.program_id, self.clock.now_s(), kind, body, seq if seq > 0 else None)
+
+    # ================================================================ calls =====================
+    def submit(self, req: CallRequest) -> RouteAnswer:
+        ans = self.submit_many([req])[0]
+        if isinstance(ans, ServiceError):
+            raise ans
+        return ans
+
+    def submit_many(self, reqs: list[CallRequest]) -> list[RouteAnswer | ServiceError]:
+        """Apply a batch of submissions, take one scheduling step, route each call."""
+        out: list[RouteAnswer | ServiceError | CallRequest] = []
+        with self.journal.batch() if self.journal is not None else contextlib.nullcontext():
+            for req in reqs:
+                try:
+                    out.append(self._apply_submit(req))
+                except ServiceError as exc:
+                    out.append(exc)
+        self._step()
+        for i, item in enumerate(out):
+            if isinstance(item, CallRequest):
+                try:
+                    out[i] = self._answer(item)
+                except ServiceError as exc:
+                    out[i] = exc
+        return out  # type: ignore[return-value]
+
+    def _apply_submit(self, req: CallRequest) -> RouteAnswer | CallRequest:
+        if not req.call_id:
+            raise ServiceError(Code.INVALID_ARGUMENT, "must not be empty", field="call_id")
+        if req.prompt_tokens < 0 or req.expected_output_tokens < 0:
+            raise ServiceError(Code.INVALID_ARGUMENT, "token counts must be >= 0", field="prompt_tokens")
+        prog = self._program(req.program_id)
+        if req.failed_worker:  # a retry of a call whose worker failed under it
+            if req.call_id not in self.sched.calls:  # it finished there after all: just route it again
+                return req
+            if req.failed_worker in self.workers:
+                self.lose_worker(req.failed_worker)
+            self.call_worker.pop(req.call_id, None)
+            return req
+        if self._seen(prog, req.event_seq):
+            ans = prog.answers.get(req.call_id)
+            if ans is None and req.call_id in self.sched.calls:
+                return req  # in flight, and its answer went with a restart: route it again
+            if ans is None:
+                raise ServiceError(Code.FAILED_PRECONDITION,
+                                   f"event_seq {req.event_seq} of program {req.program_id!r} was already applied "
+                                   f"(last {prog.last_seq}) and call {req.call_id!r} is not in flight",
+                                   field="event_seq")
+            return ans
+        for i, p in enumerate(req.prefixes):
+            if p.num_tokens > req.prompt_tokens:
+                raise ServiceError(Code.INVALID_ARGUMENT, f"has {p.num_tokens} tokens, more than the prompt's "
+                                   f"{req.prompt_tokens}", field=f"prefixes[{i}].num_tokens")
+        try:
+            self.sched.apply(CallSubmitted(program_id=req.program_id, call_id=req.call_id, step=req.step,
+                                           prefixes=req.prefixes, prompt_tokens=req.prompt_tokens,
+                                           expected_output_tokens=req.expected_output_tokens))
+        except SchedulerError as exc:
+            fieldname = "call_id" if "submitted twice" in str(exc) else "step"
+            code = Code.ALREADY_EXISTS if fieldname == "call_id" else Code.INVALID_ARGUMENT
+            raise ServiceError(code, str(exc), field=fieldname) from None
+        self._journal(prog, "submitted", {
+            "call_id": req.call_id, "step": req.step, "prompt_tokens": req.prompt_tokens,
+            "expected_output_tokens": req.expected_output_tokens,
+            "prefixes": [[p.key, p.parent, p.num_tokens, p.namespace] for p in req.prefixes]}, req.event_seq)
+        return req
+
+    def _answer(self, req: CallRequest) -> RouteAnswer:
+        call = self.sched.calls.get(req.call_id)
+        prog = self.programs[req.program_id]
+        if call is None:  # a retry of a call that already finished: route only
+            choice = self._route_only(req, exclude=req.failed_worker)
+            agent_steps = math.inf
+        else:
+            choice = self._route(call, req.program_id, exclude=req.failed_worker)
+            agent_steps = self.sched.steps_to_execution(req.program_id).get(call.agent, math.inf)
+        w = self.workers[choice.worker]
+        w.in_flight += 1
+        self.call_worker[req.call_id] = choice.worker
+        deepest = req.prefixes[-1].key if req.prefixes else None
+        pre = self.sched.prefixes.get(deepest) if deepest else None
+        priority = pre.priority if pre is not None and pre.priority is not None else priority_of_steps(agent_steps)
+        held = tuple(p.key for p in req.prefixes if p.key in self.sched.prefixes
+                     and self.sched.prefixes[p.key].tiers.get(choice.worker) == "gpu")
+        ans = RouteAnswer(call_id=req.call_id, worker_id=choice.worker, worker_address=w.spec.address,
+                          reason="retry" if req.failed_worker else choice.reason.value,
+                          predicted_ttft_s=choice.predicted_ttft_s, priority=priority, session_id=req.program_id,
+                          steps_to_execution=agent_steps, reuse_prefixes=held)
+        prog.answers[req.call_id] = ans
+        return ans
+
+    def _loads(self, exclude: str = "") -> list[routing.WorkerLoad]:
+        loads = []
+        for name, w in self.workers.items():
+            if name == exclude:
+                continue
+            loads.append(routing.WorkerLoad(
+                name=name, queue_depth=max(w.load.queue_depth, w.in_flight - w.load.running),
+                running=w.load.running, kv_capacity_tokens=w.spec.kv_capacity_tokens,
+                kv_used_tokens=w.load.kv_used_tokens, prefill_tokens_per_s=w.spec.prefill_tokens_per_s,
+                pinned_tokens=self.sched.workers[name].pinned_tokens if name in self.sched.workers else 0,
+                healthy=True))
+        if not loads:
+            raise ServiceError(Code.UNAVAILABLE, "no worker is registered" + (f" besides {exclude!r}" if exclude else ""))
+        return loads
+
+    def _route(self, call, program_id: str, exclude: str = "") -> routing.RouteChoice:
+        prog = self.sched.programs[program_id]
+        held: dict[str, dict[str, str]] = {}
+        for ref in call.prefixes:
+            pre = self.sched.prefixes.get(ref.key)
+            if pre is not None and pre.tiers:
+                held[ref.key] = dict(pre.tiers)
+        req = routing.RouteRequest(
+            program_id=str(program_id), current_worker=prog.worker if prog.worker != exclude else None,
+            prompt_tokens=call.prompt_tokens, prefixes=tuple((p.key, p.num_tokens) for p in call.prefixes),
+            held=held, expected_output_tokens=call.expected_output_tokens)
+        return routing.route(req, self._loads(exclude), self.config.router)
+
+    def _route_only(self, req: CallRequest, exclude: str) -> routing.RouteChoice:
+        r = routing.RouteRequest(program_id=req.program_id, current_worker=None, prompt_tokens=req.prompt_tokens,
+                                 prefixes=tuple((p.key, p.num_tokens) for p in req.prefixes), held={},
+                                 expected_output_tokens=req.expected_output_tokens)
+        return routing.route(r, self._loads(exclude), self.config.router)
+
+    def call_started(self, call_id: str, worker_id: str) -> None:
+        call = self.sched.calls.get(call_id)
+        if call is None:
+            raise ServiceError(Code.NOT_FOUND, f"call {call_id!r} is not in flight", field="call_id")
+        self.sched.apply(CallStarted(call_id=call_id, worker=worker_id))
+        self._journal(self.programs[str(call.program_id)], "started", {"call_id": call_id, "worker": worker_id}, 0)
+        self._step()
+
+    def call_finished(self, call_id: str, worker_id: str, *, output_tokens: int,
+                      cached: tuple[PrefixRef, ...] = ()) -> None:
+        call = self.sched.calls.get(call_id)
+        if call is None:
+            raise ServiceError(Code.NOT_FOUND, f"call {call_id!r} is not in flight (finished already, or its "
+                               "program closed)", field="call_id")
+        w = self.workers.get(self.call_worker.pop(call_id, worker_id))
+        if w is not None:
+            w.in_flight = max(0, w.in_flight - 1)
+        self.sched.apply(CallFinished(call_id=call_id, worker=worker_id, output_tokens=output_tokens, cached=cached))
+        prog = self.programs[str(call.program_id)]
+        prog.answers.pop(call_id, None)
+        self._journal(prog, "finished", {"call_id": call_id, "worker": worker_id, "output_tokens": output_tokens,
+                                         "cached": [[p.key, p.parent, p.num_tokens, p.namespace] for p in cached]}, 0)
+        self._step()
+
+    # ================================================================ tools and closing =========
+    def tool(self, program_id: str, *, step: str, tool: str, finished: bool, duration_s: float = 0.0,
+             event_seq: int = 0) -> None:
+        prog = self._program(program_id)
+        if not tool:
+            raise ServiceError(Code.INVALID_ARGUMENT, "must not be empty", field="tool")
+        if finished and not (duration_s >= 0 and math.isfinite(duration_s)):
+            raise ServiceError(Code.INVALID_ARGUMENT, f"must be a finite number >= 0 (got {duration_s})",
+                               field="duration_s")
+        if self._seen(prog, event_seq):
+            return
+        try:
+            if finished:
+                self.sched.apply(ToolFinished(program_id=program_id, step=step, tool=tool, duration_s=duration_s))
+            else:
+                self.sched.apply(ToolStarted(program_id=program_id, step=step, tool=tool))
+        except SchedulerError as exc:
+            raise ServiceError(Code.INVALID_ARGUMENT, str(exc), field="step") from None
+        self._journal(prog, "tool_finished" if finished else "tool_started",
+                      {"step": step, "tool": tool, "duration_s": duration_s}, event_seq)
+        self._step()
+
+    def close(self, program_id: str, *, cancelled: bool = False, event_seq: int = 0) -> None:
+        if program_id in self.closed:
+            return  # closing twice is a repeat, not an error
+        prog = self._program(program_id)
+        self.sched.apply(ProgramFinished(program_id=program_id, cancelled=cancelled))
+        for cid in prog.answers:
+            w = self.workers.get(self.call_worker.pop(cid, ""))
+            if w is not None:
+                w.in_flight = max(0, w.in_flight - 1)
+        del self.programs[program_id]
+        self.closed[program_id] = None
+        if len(self.closed) > CLOSED_REMEMBERED:
+            self.closed.popitem(last=False)
+        if self.journal is not None:
+            self.journal.close_program(program_id)
+        self._step()
+
+    # ================================================================ decisions =================
+    def tick(self) -> Decision:
+        """A step with no new event (pins past their TTL end; periodic)."""
+        return self._step()
+
+    def _step(self) -> Decision:
+        if self.clock.fixed is not None:  # replaying the journal: nobody to tell yet
+            return self.sched.step()
+        d = self.sched.step()
+        self.decisions += 1
+        if not d.empty and self.sinks:
+            for worker, sink in list(self.sinks.items()):
+                part = _part_for(d, worker, self.call_worker)
+                if part is not None:
+                    sink(worker, part)
+        return d
+
+    def health(self) -> dict:
+        elapsed = max(1e-9, self.wall() - self._started_wall)
+        return {"epoch": self.epoch, "open_programs": len(self.programs), "waiting_calls": len(self.sched.waiting),
+                "workers": [w.spec for w in self.workers.values()], "policy": self.policy_name,
+                "decisions_per_s": self.decisions / elapsed}
+
+    # ================================================================ recovery ==================
+    def recover(self) -> int:
+        """Rebuild the scheduler from the journal; returns the number of programs recovered."""
+        j = self.journal
+        if j is None:
+            return 0
+        for h, spec in j.workflows().items():
+            self._compile(h, spec)
+        for tool, d in j.tool_samples():
+            self.sched.tool_stats.observe(tool, d)
+        try:
+            for p in j.programs():
+                self.clock.fixed = p.opened_s
+                self.programs[p.program_id] = _Program(program_id=p.program_id, workflow_hash=p.workflow_hash,
+                                                       tenant=p.tenant, last_seq=p.last_seq)
+                self.sched.apply(ProgramArrived(program_id=p.program_id, graph=self.graphs[p.workflow_hash]))
+            for e in j.events():
+                self.clock.fixed = max(self.clock.fixed or 0.0, e.t_s)
+                self._replay(e.program_id, e.kind, e.body)
+                self.sched.step()
+        finally:
+            self.clock.fixed = None
+        # calls submitted and not finished: answer their repeats with a fresh route when asked
+        return len(self.programs)
+
+    def _replay(self, pid: str, kind: str, b: dict) -> None:
+        refs = lambda rows: tuple(PrefixRef(key=k, parent=par, num_tokens=n, namespace=ns)  # noqa: E731
+                                  for k, par, n, ns in rows)
+        if kind == "submitted":
+            self.sched.apply(CallSubmitted(program_id=pid, call_id=b["call_id"], step=b["step"],
+                                           prefixes=refs(b["prefixes"]), prompt_tokens=b["prompt_tokens"],
+                                           expected_output_tokens=b["expected_output_tokens"]))
+        elif kind == "started":
+            self.sched.apply(CallStarted(call_id=b["call_id"], worker=b["worker"]))
+        elif kind == "finished":
+            self.sched.apply(CallFinished(call_id=b["call_id"], worker=b["worker"], output_tokens=b["output_tokens"],
+                                          cached=refs(b["cached"])))
+        elif kind == "tool_started":
+            self.sched.apply(ToolStarted(program_id=pid, step=b["step"], tool=b["tool"]))
+        elif kind == "tool_finished":
+            self.sched.apply(ToolFinished(program_id=pid, step=b["step"], tool=b["tool"], duration_s=b["duration_s"]))
+        else:
+            raise ValueError(f"journal: unknown event kind {kind!r}")
+
+    def forget_lost_calls(self) -> None:
+        """After recovery: calls started on workers that never came back go back to the queue."""
+        for w in {c.worker for c in self.sched.calls.values() if c.worker and c.worker not in self.workers}:
+            self.sched.apply(WorkerLost(worker=w))
+        self._step()
+
+
+def _part_for(d: Decision, worker: str, call_worker: dict[str, str]) -> Decision | None:
+    """The part of a decision one worker applies: every priority (each worker ignores keys it does
+    not hold), pins/unpins/prefetches on it (or on no worker), its calls in admission order."""
+    pins = tuple(p for p in d.pins if p.worker in (worker, None))
+    unpins = tuple(u for u in d.unpins if u.worker in (worker, None))
+    prefetches = tuple(f for f in d.prefetches if f.worker == worker)
+    admit = tuple(c for c in d.admit if call_worker.get(c) == worker)
+    if not (d.priorities or pins or unpins or prefetches or admit):
+        return None
+    return replace(d, pins=pins, unpins=unpins, prefetches=prefetches, admit=admit, routes=())
+
+
+__all__ = ["CallRequest", "Code", "CoreConfig", "LoadReport", "RouteAnswer", "ServiceCore", "ServiceError",
+           "WorkerSpec"]

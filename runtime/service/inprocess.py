@@ -1,0 +1,100 @@
+"""The service without the network: one `ServiceCore` and its engines in this process.
+
+`InProcessClient` has the methods `ServiceClient` (client.py) offers the live replay and the
+executor, and does what the gRPC path does, in the same order, minus serialisation:
+
+    ServiceClient (gRPC)                         InProcessClient
+    ────────────────────                         ───────────────
+    SubmitCall -> scheduler routes               core.submit -> routes among `engines`
+    Generate on the routed worker's agent        engine.generate on the routed engine
+      agent: ReportCall STARTED, FINISHED          core.call_started, core.call_finished
+    WatchDecisions -> agent -> engine.apply      core's decision sink -> engine.apply
+    Heartbeat (load every interval)              core.heartbeat(engine.load()) before each submit
+
+so a benchmark that runs one workload both ways (bench/service_load.py) measures what the network
+and the process boundaries cost, and nothing else. It also serves the fidelity benchmark, which
+runs the scheduler against the real local engine without a service.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+from agentflow.runtime.clock import ScaledClock
+from agentflow.runtime.engines.base import Engine, GenerateRequest, GenerateResult
+from agentflow.runtime.service.core import CallRequest, CoreConfig, LoadReport, RouteAnswer, ServiceCore, WorkerSpec
+
+
+def load_report(engine: Engine) -> LoadReport:
+    load = engine.load()
+    return LoadReport(kv_used_tokens=load.kv_used_tokens, queue_depth=load.queue_depth, running=load.running,
+                      pinned_tokens=load.pinned_tokens)
+
+
+class InProcessClient:
+    def __init__(self, engines: Sequence[Engine], *, policy: str = "agentflow", time_scale: float = 1.0,
+                 config: CoreConfig | None = None, clock=None):
+        if not engines:
+            raise ValueError("InProcessClient needs at least one engine")
+        names = [e.name for e in engines]
+        if len(set(names)) != len(names):
+            raise ValueError(f"engine names must be unique (got {names})")
+        self.engines = {e.name: e for e in engines}
+        cfg = config or CoreConfig(policy=policy)
+        self.core = ServiceCore(cfg, clock=clock or ScaledClock(time_scale))
+        for e in engines:
+            load = e.load()
+            self.core.register_worker(WorkerSpec(
+                worker_id=e.name, address=f"inprocess:{e.name}", engine=type(e).__name__,
+                kv_capacity_tokens=load.kv_capacity_tokens, host_capacity_tokens=load.host_capacity_tokens,
+                h2d_tokens_per_s=load.h2d_tokens_per_s, prefill_tokens_per_s=load.prefill_tokens_per_s,
+                time_scale=time_scale), load_report(e))
+            self.core.sinks[e.name] = self._deliver
+        self.retries = 0  # no worker fails in process; kept for LiveReplay's summary
+        self.submit_ms: list[float] = []
+
+    def _deliver(self, worker: str, decision) -> None:
+        self.engines[worker].apply(decision)
+
+    async def open_program(self, program_id: str, workflow_spec: str, *, tenant: str = "") -> str:
+        h, _ = self.core.open_program(program_id, tenant=tenant, workflow_spec=workflow_spec)
+        return h
+
+    async def submit(self, call: CallRequest) -> RouteAnswer:
+        for name, e in self.engines.items():  # what heartbeats carry in the service
+            self.core.heartbeat(name, load_report(e))
+        t = time.perf_counter()
+        ans = self.core.submit(call)
+        self.submit_ms.append((time.perf_counter() - t) * 1000.0)
+        return ans
+
+    async def run_call(self, call: CallRequest, request: GenerateRequest, *,
+                       on_chunk=None) -> tuple[RouteAnswer, GenerateResult]:
+        route = await self.submit(call)
+        engine = self.engines[route.worker_id]
+        self.core.call_started(call.call_id, route.worker_id)
+        result = None
+        async for item in engine.generate(request):
+            if isinstance(item, GenerateResult):
+                result = item
+            elif on_chunk is not None:
+                on_chunk(item)
+        if result is None:
+            raise RuntimeError(f"engine {engine.name} ended call {call.call_id} without a result")
+        self.core.call_finished(call.call_id, route.worker_id, output_tokens=len(result.output_ids),
+                                cached=result.cached)
+        return route, result
+
+    async def tool(self, program_id: str, *, step: str, tool: str, finished: bool, duration_s: float = 0.0) -> None:
+        self.core.tool(program_id, step=step, tool=tool, finished=finished, duration_s=duration_s)
+
+    async def close_program(self, program_id: str, *, cancelled: bool = False) -> None:
+        self.core.close(program_id, cancelled=cancelled)
+
+    async def close(self) -> None:
+        for e in self.engines.values():
+            await e.aclose()
+
+
+__all__ = ["InProcessClient", "load_report"]
