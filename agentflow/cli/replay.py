@@ -113,7 +113,10 @@ def _live(workload, names, preset, workers, concurrency, num_programs, kv_tokens
     except (AgentflowError, ValueError, OSError) as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(2)
-    except Exception as e:  # grpc errors: the service is down or refused us
+    except Exception as e:  # the service is down or refused us (grpc errors, ServiceUnavailable)
+        if type(e).__name__ == "ServiceUnavailable":
+            click.echo(f"error: {e}", err=True)
+            sys.exit(1)
         if type(e).__module__.startswith("grpc"):
             click.echo(f"error: the service at {service} answered {e}", err=True)
             sys.exit(1)

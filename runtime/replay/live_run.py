@@ -86,7 +86,7 @@ async def _through_service(setup, programs, plan, progress):
     transport = Transport(tls_cert=setup.tls_cert, token=setup.token)
     client = ServiceClient(setup.service, transport=transport)
     try:
-        health = await client.health()
+        health = await client.connect()
         replay = LiveReplay(programs, plan, client, time_scale=setup.time_scale, num_in_flight=setup.concurrency,
                             seed=setup.seed, on_progress=progress)
         return health.policy or "service", await replay.run()

@@ -66,8 +66,8 @@ class ServiceClient:
         n = self._seq[program_id] = self._seq.get(program_id, 0) + 1
         return n
 
-    async def _rpc(self, method, request):
-        deadline = time.monotonic() + self.scheduler_retry_s
+    async def _rpc(self, method, request, retry_s: float | None = None):
+        deadline = time.monotonic() + (self.scheduler_retry_s if retry_s is None else retry_s)
         backoff = 0.02
         while True:
             try:
@@ -79,8 +79,19 @@ class ServiceClient:
                 backoff = min(0.5, backoff * 2)
 
     # ---- scheduler -----------------------------------------------------------------------------
-    async def health(self) -> pb.HealthResponse:
-        return await self._rpc(self.stub.Health, pb.HealthRequest())
+    async def health(self, *, retry_s: float | None = None) -> pb.HealthResponse:
+        return await self._rpc(self.stub.Health, pb.HealthRequest(), retry_s)
+
+    async def connect(self, timeout_s: float = 5.0) -> pb.HealthResponse:
+        """First contact: the scheduler's health, or ServiceUnavailable within `timeout_s` (a
+        wrong address should not look like a restart to wait out)."""
+        try:
+            return await self.health(retry_s=timeout_s)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() in _RETRYABLE:
+                raise ServiceUnavailable(f"no scheduler answers at {self.address} ({exc.code().name} for "
+                                         f"{timeout_s:g} s): is `agentflow serve` running there?") from None
+            raise
 
     async def open_program(self, program_id: str, workflow_spec: str, *, tenant: str = "") -> str:
         h = hashlib.sha256(workflow_spec.encode()).hexdigest()

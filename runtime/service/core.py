@@ -139,6 +139,7 @@ class CoreConfig:
     worker_timeout_s: float = 3.0  # wall seconds without a heartbeat: the worker is lost
     router: routing.RouterConfig = routing.RouterConfig()
     scheduler: SchedulerConfig = SchedulerConfig()
+    kv_bytes_per_token: int = 131_072  # telemetry's pinned bytes (Llama-3.1-8B, fp16: 32 layers x 8 KV heads x 128 x 2 x 2 B)
 
 
 class _Clock:
@@ -175,6 +176,8 @@ class ServiceCore:
         self.sinks: dict[str, DecisionSink] = {}  # worker -> where its part of each decision goes
         self.decisions = 0
         self._started_wall = wall()
+        self._in_batch = False
+        self._batch_loads: dict[str, routing.WorkerLoad] | None = None
 
     # ================================================================ workers ===================
     def register_worker(self, spec: WorkerSpec, load: LoadReport = LoadReport()) -> None:
@@ -197,6 +200,9 @@ class ServiceCore:
             return False
         w.load, w.last_seen_s = load, self.wall()
         self._update(worker_id)
+        if self.telemetry is not None:
+            self.telemetry.set_queue_depth(worker_id, load.queue_depth)
+            self.telemetry.set_pinned_bytes(worker_id, load.pinned_tokens * self.config.kv_bytes_per_token)
         return True
 
     def _update(self, worker_id: str) -> None:
@@ -241,6 +247,8 @@ class ServiceCore:
         if self.journal is not None:
             self.journal.open_program(program_id, h, tenant, now)
         self.sched.apply(ProgramArrived(program_id=program_id, graph=self.graphs[h]))
+        if self.telemetry is not None:
+            self.telemetry.start_program(program_id, self.graphs[h].name, attributes={"agentflow.tenant": tenant})
         return h, True
 
     def _workflow(self, spec: str, spec_hash: str) -> str:
@@ -311,12 +319,16 @@ class ServiceCore:
                 except ServiceError as exc:
                     out.append(exc)
         self._step()
-        for i, item in enumerate(out):
-            if isinstance(item, CallRequest):
-                try:
-                    out[i] = self._answer(item)
-                except ServiceError as exc:
-                    out[i] = exc
+        self._in_batch, self._batch_loads = True, None
+        try:
+            for i, item in enumerate(out):
+                if isinstance(item, CallRequest):
+                    try:
+                        out[i] = self._answer(item)
+                    except ServiceError as exc:
+                        out[i] = exc
+        finally:
+            self._in_batch, self._batch_loads = False, None
         return out  # type: ignore[return-value]
 
     def _apply_submit(self, req: CallRequest) -> RouteAnswer | CallRequest:
@@ -370,13 +382,20 @@ class ServiceCore:
             choice = self._route(call, req.program_id, exclude=req.failed_worker)
             agent_steps = self.sched.steps_to_execution(req.program_id).get(call.agent, math.inf)
         w = self.workers[choice.worker]
-        w.in_flight += 1
+        self._routed(choice.worker)
         self.call_worker[req.call_id] = choice.worker
         deepest = req.prefixes[-1].key if req.prefixes else None
         pre = self.sched.prefixes.get(deepest) if deepest else None
         priority = pre.priority if pre is not None and pre.priority is not None else priority_of_steps(agent_steps)
         held = tuple(p.key for p in req.prefixes if p.key in self.sched.prefixes
                      and self.sched.prefixes[p.key].tiers.get(choice.worker) == "gpu")
+        if self.telemetry is not None and call is not None:
+            chosen = next((a for a in choice.alternatives if a.worker == choice.worker), None)
+            self.telemetry.start_step(req.program_id, req.step, agent=call.agent)
+            self.telemetry.start_llm_call(req.call_id, choice.worker, req.prompt_tokens,
+                                          chosen.cached_tokens if chosen is not None else None,
+                                          program_id=req.program_id, step=req.step, agent=call.agent,
+                                          route_reason=choice.reason.value, predicted_ttft_s=choice.predicted_ttft_s)
         ans = RouteAnswer(call_id=req.call_id, worker_id=choice.worker, worker_address=w.spec.address,
                           reason="retry" if req.failed_worker else choice.reason.value,
                           predicted_ttft_s=choice.predicted_ttft_s, priority=priority, session_id=req.program_id,
@@ -385,6 +404,26 @@ class ServiceCore:
         return ans
 
     def _loads(self, exclude: str = "") -> list[routing.WorkerLoad]:
+        # Built once per batch of submissions (submit_many) and kept current as calls are routed
+        # (`_routed`): a batch of 64 calls does not rebuild 8 loads 64 times.
+        if self._batch_loads is not None and exclude == "":
+            loads = list(self._batch_loads.values())
+        else:
+            loads = self._build_loads(exclude)
+            if exclude == "" and self._batch_loads is None and self._in_batch:
+                self._batch_loads = {w.name: w for w in loads}
+        if not loads:
+            raise ServiceError(Code.UNAVAILABLE, "no worker is registered" + (f" besides {exclude!r}" if exclude else ""))
+        return loads
+
+    def _routed(self, worker: str) -> None:
+        w = self.workers[worker]
+        w.in_flight += 1
+        if self._batch_loads is not None and worker in self._batch_loads:
+            cur = self._batch_loads[worker]
+            self._batch_loads[worker] = replace(cur, queue_depth=max(w.load.queue_depth, w.in_flight - w.load.running))
+
+    def _build_loads(self, exclude: str) -> list[routing.WorkerLoad]:
         loads = []
         for name, w in self.workers.items():
             if name == exclude:
@@ -395,8 +434,6 @@ class ServiceCore:
                 kv_used_tokens=w.load.kv_used_tokens, prefill_tokens_per_s=w.spec.prefill_tokens_per_s,
                 pinned_tokens=self.sched.workers[name].pinned_tokens if name in self.sched.workers else 0,
                 healthy=True))
-        if not loads:
-            raise ServiceError(Code.UNAVAILABLE, "no worker is registered" + (f" besides {exclude!r}" if exclude else ""))
         return loads
 
     def _route(self, call, program_id: str, exclude: str = "") -> routing.RouteChoice:
@@ -427,7 +464,8 @@ class ServiceCore:
         self._step()
 
     def call_finished(self, call_id: str, worker_id: str, *, output_tokens: int,
-                      cached: tuple[PrefixRef, ...] = ()) -> None:
+                      cached: tuple[PrefixRef, ...] = (), prompt_tokens: int | None = None,
+                      cached_tokens: int | None = None, ttft_s: float | None = None) -> None:
         call = self.sched.calls.get(call_id)
         if call is None:
             raise ServiceError(Code.NOT_FOUND, f"call {call_id!r} is not in flight (finished already, or its "
@@ -440,6 +478,13 @@ class ServiceCore:
         prog.answers.pop(call_id, None)
         self._journal(prog, "finished", {"call_id": call_id, "worker": worker_id, "output_tokens": output_tokens,
                                          "cached": [[p.key, p.parent, p.num_tokens, p.namespace] for p in cached]}, 0)
+        if self.telemetry is not None:
+            t = self.telemetry
+            t.end_llm_call(call_id, output_tokens=output_tokens, prompt_tokens=prompt_tokens,
+                           cached_tokens=cached_tokens, ttft_s=ttft_s)
+            t.end_step(str(call.program_id), call.step)
+            if prompt_tokens is not None and cached_tokens is not None and 0 <= cached_tokens <= prompt_tokens:
+                t.record_hit(prompt_tokens, cached_tokens, worker=worker_id)
         self._step()
 
     # ================================================================ tools and closing =========
@@ -462,6 +507,13 @@ class ServiceCore:
             raise ServiceError(Code.INVALID_ARGUMENT, str(exc), field="step") from None
         self._journal(prog, "tool_finished" if finished else "tool_started",
                       {"step": step, "tool": tool, "duration_s": duration_s}, event_seq)
+        if self.telemetry is not None:
+            if finished:
+                self.telemetry.end_tool(program_id, tool, attributes={"agentflow.tool.duration_s": duration_s})
+                self.telemetry.end_step(program_id, step)
+            else:
+                self.telemetry.start_step(program_id, step)
+                self.telemetry.start_tool(program_id, tool, step=step)
         self._step()
 
     def close(self, program_id: str, *, cancelled: bool = False, event_seq: int = 0) -> None:
@@ -479,6 +531,8 @@ class ServiceCore:
             self.closed.popitem(last=False)
         if self.journal is not None:
             self.journal.close_program(program_id)
+        if self.telemetry is not None:
+            self.telemetry.end_program(program_id, error="cancelled" if cancelled else None)
         self._step()
 
     # ================================================================ decisions =================
@@ -491,6 +545,8 @@ class ServiceCore:
             return self.sched.step()
         d = self.sched.step()
         self.decisions += 1
+        if self.telemetry is not None:
+            self.telemetry.count_decisions()
         if not d.empty and self.sinks:
             for worker, sink in list(self.sinks.items()):
                 part = _part_for(d, worker, self.call_worker)

@@ -83,7 +83,8 @@ class InProcessClient:
         if result is None:
             raise RuntimeError(f"engine {engine.name} ended call {call.call_id} without a result")
         self.core.call_finished(call.call_id, route.worker_id, output_tokens=len(result.output_ids),
-                                cached=result.cached)
+                                cached=result.cached, prompt_tokens=result.prompt_tokens,
+                                cached_tokens=result.cached_tokens, ttft_s=result.ttft_s)
         return route, result
 
     async def tool(self, program_id: str, *, step: str, tool: str, finished: bool, duration_s: float = 0.0) -> None:

@@ -58,9 +58,10 @@ kv_used_tokens is not a signal: a radix cache is full by design and evicts on de
 from __future__ import annotations
 
 import enum
+import functools
 import hashlib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from agentflow.errors import AgentflowError
 
@@ -190,7 +191,14 @@ def candidates(key: str, workers: Sequence[str], config: RouterConfig = RouterCo
     One worker: a 1-tuple. Depends only on the key and the set of names, not their order."""
     if not workers:
         return ()
-    seed_a, seed_b = config.hash_seeds
+    return _candidates(key, tuple(sorted(workers)), tuple(config.hash_seeds))
+
+
+# A session's calls ask again and again for the same key over the same workers: remember the
+# answer (2 x workers hashes each) rather than rehash; bounded, so a long-lived service forgets.
+@functools.lru_cache(maxsize=1 << 16)
+def _candidates(key: str, workers: tuple[str, ...], seeds: tuple[str, str]) -> tuple[str, ...]:
+    seed_a, seed_b = seeds
     primary = max(workers, key=lambda w: (_weight(seed_a, key, w), w))
     rest = [w for w in workers if w != primary]
     if not rest:
@@ -312,11 +320,15 @@ def route(request: RouteRequest, workers: Sequence[WorkerLoad], config: RouterCo
         roles[current] = Role.CURRENT
     for name, role in zip(ranked, (Role.PRIMARY, Role.SECONDARY)):
         roles.setdefault(name, role)
-    preds = {name: _predict(request, healthy[name], config) for name in sorted(healthy)}
-    holder = max(preds.values(), key=lambda a: a.own_cached_tokens)  # first of equals: by name
-    if holder.own_cached_tokens > 0:
-        roles.setdefault(holder.worker, Role.HOLDER)
-    considered = [replace(preds[n], role=r) for n, r in roles.items()]
+    preds = _Predictions(request, healthy, config)
+    # Only a worker named in `held` can hold any of the prompt: the others predict own = 0, and
+    # are never the holder (first of equals by name), so they need no prediction here.
+    holders = sorted({w for tiers in request.held.values() for w in tiers if w in healthy})
+    if holders:
+        holder = max((preds[n] for n in holders), key=lambda a: a.own_cached_tokens)
+        if holder.own_cached_tokens > 0:
+            roles.setdefault(holder.worker, Role.HOLDER)
+    considered = [_as(preds[n], r) for n, r in roles.items()]
 
     if current is not None:
         return _sticky_or_move(request, considered, preds, healthy, key, config)
@@ -327,8 +339,28 @@ def route(request: RouteRequest, workers: Sequence[WorkerLoad], config: RouterCo
     ok = [a for a in considered if _ok(a, config)]
     if ok:
         return _choice(_by_ttft(ok), RouteReason.LOAD, key, considered)
-    considered += [replace(preds[n], role=Role.ESCAPE) for n in sorted(healthy) if n not in roles]
+    considered += [_as(preds[n], Role.ESCAPE) for n in sorted(healthy) if n not in roles]
     return _choice(_by_ttft(considered), RouteReason.LOAD, key, considered)
+
+
+def _as(a: Alternative, role: Role) -> Alternative:
+    """`a` in another role (dataclasses.replace, without its per-call field introspection)."""
+    return Alternative(worker=a.worker, role=role, predicted_ttft_s=a.predicted_ttft_s, queue_s=a.queue_s,
+                       prefill_s=a.prefill_s, cached_tokens=a.cached_tokens, own_cached_tokens=a.own_cached_tokens,
+                       overloaded=a.overloaded)
+
+
+class _Predictions(dict):
+    """worker -> its Alternative, predicted on first use (most routes look at 2 or 3 workers)."""
+
+    def __init__(self, request: RouteRequest, healthy: Mapping[str, WorkerLoad], config: RouterConfig):
+        super().__init__()
+        self._args = (request, healthy, config)
+
+    def __missing__(self, name: str) -> Alternative:
+        request, healthy, config = self._args
+        a = self[name] = _predict(request, healthy[name], config)
+        return a
 
 
 def _choice(a: Alternative, reason: RouteReason, key: str, considered: Sequence[Alternative], **move) -> RouteChoice:
@@ -349,7 +381,7 @@ def _sticky_or_move(request: RouteRequest, considered: list[Alternative], preds:
         return _choice(cur, RouteReason.STICKY, key, considered)
     others = [a for a in considered if a.worker != cur.worker]
     if not any(_ok(a, config) for a in others):
-        considered += [replace(preds[n], role=Role.ESCAPE) for n in sorted(healthy)
+        considered += [_as(preds[n], Role.ESCAPE) for n in sorted(healthy)
                        if n not in {a.worker for a in considered}]
         others = [a for a in considered if a.worker != cur.worker]
     target = _by_ttft(others)

@@ -172,9 +172,9 @@ class SchedulerServicer(pbg.SchedulerServicer):
                 self.core.call_started(request.call_id, request.worker_id)
             elif request.kind == K.FINISHED:
                 self.core.call_finished(request.call_id, request.worker_id, output_tokens=request.output_tokens,
-                                        cached=convert.prefixes_from_pb(request.cached, "cached"))
-                if self.core.telemetry is not None:
-                    self.core.telemetry.record_hit(request.prompt_tokens, request.cached_tokens)
+                                        cached=convert.prefixes_from_pb(request.cached, "cached"),
+                                        prompt_tokens=request.prompt_tokens, cached_tokens=request.cached_tokens,
+                                        ttft_s=request.ttft_s)
             elif request.kind == K.FAILED:
                 log.warning("call %s failed on %s: %s", request.call_id, request.worker_id, request.error)
             else:
@@ -283,6 +283,8 @@ class SchedulerServer:
             await self._server.stop(grace_s)
         if self.core.journal is not None:
             self.core.journal.close()
+        if self.core.telemetry is not None:
+            self.core.telemetry.shutdown()  # flushes what the exporters hold
 
     async def wait(self) -> None:
         assert self._server is not None

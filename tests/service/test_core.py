@@ -203,3 +203,41 @@ def test_recovery_rebuilds_open_programs_from_the_journal(tmp_path, spec_json):
     assert e.value.code is Code.NOT_FOUND  # (the closed set is not journaled: it is gone with c's rows)
     again.register_worker(spec("w1"))
     assert again.submit(call("b", 0, seq=1)).worker_id == "w1"  # a repeat after the restart: answered again
+
+
+def test_telemetry_sees_the_program_its_steps_calls_tools_and_decisions(spec_json):
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from agentflow.runtime.service.core import LoadReport
+    from agentflow.runtime.service.telemetry import setup_telemetry
+
+    spans, reader = InMemorySpanExporter(), InMemoryMetricReader()
+    tel = setup_telemetry("none", service_name="core-test", span_exporter=spans, metric_reader=reader)
+    wall = Wall()
+    core = ServiceCore(CoreConfig(), clock=ManualClock(), wall=wall, telemetry=tel)
+    core.register_worker(spec("w1"))
+    core.heartbeat("w1", LoadReport(queue_depth=3, pinned_tokens=10))
+    core.open_program("p", workflow_spec=spec_json)
+    ans = core.submit(call("p", 0))
+    core.call_started("p#0", ans.worker_id)
+    core.call_finished("p#0", "w1", output_tokens=50, prompt_tokens=200, cached_tokens=150, ttft_s=0.1)
+    core.tool("p", step="run", tool="bash", finished=False)
+    core.tool("p", step="run", tool="bash", finished=True, duration_s=2.0)
+    core.close("p")
+    tel.force_flush()
+    done = {s.name: s for s in spans.get_finished_spans()}
+    assert set(done) == {"invoke_workflow coder-loop", "step think", "chat", "step run", "execute_tool bash"}
+    root = done["invoke_workflow coder-loop"]
+    assert done["step think"].parent.span_id == root.context.span_id
+    chat = done["chat"]
+    assert chat.parent.span_id == done["step think"].context.span_id
+    assert chat.attributes["agentflow.worker.id"] == "w1" and chat.attributes["gen_ai.usage.input_tokens"] == 200
+    assert chat.attributes["gen_ai.usage.cache_read.input_tokens"] == 150
+    assert done["execute_tool bash"].parent.span_id == done["step run"].context.span_id
+    assert tel.hit_ratio() == 0.75
+    metrics = {m.name: m for rm in reader.get_metrics_data().resource_metrics for sm in rm.scope_metrics
+               for m in sm.metrics}
+    assert metrics["agentflow.worker.queue_depth"].data.data_points[0].value == 3
+    assert metrics["agentflow.kv.pinned_bytes"].data.data_points[0].value == 10 * 131_072
+    assert metrics["agentflow.scheduler.decisions"].data.data_points[0].value == core.decisions > 0
