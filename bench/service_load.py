@@ -7,10 +7,13 @@ Processes (all on this machine, real gRPC over loopback):
             │                              ▲ register / heartbeat / report / watch decisions
             └──────────gRPC Generate──> `agentflow worker --engine sim --count 8` (subprocess)
 
-1. Submission load: open `--load-programs` programs, then submit one LLM call for each over
-   `--streams` SubmitCalls streams (each keeps `--window` submissions outstanding), against the
-   same scheduler and 8 registered workers. `submit_rps` = submissions answered per wall second;
-   `submit_p99_ms` = the 99th percentile of send -> answer per submission.
+1. Submission throughput at saturation: open `--load-programs` programs, then submit one LLM
+   call for each over `--streams` SubmitCallBatches streams, each keeping `--window` batches of
+   `--batch` calls outstanding, against the scheduler and its 8 registered workers.
+   `submit_rps` = submissions answered per wall second (`saturated_p50_ms` / `saturated_p99_ms`:
+   what a call waits there, mostly queueing behind the outstanding ones, Little's law).
+   Latency at a moderate load: `--latency-clients` clients each sending unary SubmitCalls one at
+   a time for `--latency-programs` new programs; `submit_p99_ms` is their 99th percentile.
 2. The same replay both ways, side by side: `--programs` SWE-bench programs (examples/workloads),
    `--in-flight` at a time, simulated workers at `--time-scale` simulated seconds per wall second:
    (a) through the service (client here, scheduler and workers in their subprocesses), and
@@ -62,24 +65,27 @@ def _wait_lines(proc: subprocess.Popen, pattern: str, count: int, timeout_s: flo
     return found
 
 
-def _spec_and_step(plan) -> tuple[str, str]:
-    from agentflow.spec import WorkflowSpec
-
-    return WorkflowSpec.from_compiled(plan.workflow).to_json(), next(iter(plan.llm_step.values()))
-
-
-async def submit_load(addr: str, plan, n_programs: int, streams: int, window: int) -> dict:
-    import grpc
-
+def _first_calls(pids: list[str], step: str) -> list:
+    """Each program's first call: a shared 1,000-token system prompt + 200 tokens of its own."""
     from agentflow.runtime.engines.base import prefix_chain
     from agentflow.v1 import service_pb2 as pb
-    from agentflow.v1 import service_pb2_grpc as pbg
 
-    spec, step = _spec_and_step(plan)
-    ch = grpc.aio.insecure_channel(addr)
-    stub = pbg.SchedulerStub(ch)
-    h = (await stub.OpenProgram(pb.OpenProgramRequest(program_id="load-0", workflow_spec=spec))).workflow_hash
-    pids = [f"load-{i}" for i in range(n_programs)]
+    sys_ids = list(range(10, 1010))
+    reqs = []
+    for i, pid in enumerate(pids):
+        ids = sys_ids + [5000 + i] * 200
+        refs = prefix_chain("default", ids, (1000, 1200))
+        reqs.append(pb.SubmitCallRequest(
+            program_id=pid, call_id=f"{pid}#0", step=step, prompt_tokens=len(ids), expected_output_tokens=100,
+            event_seq=1, prefixes=[pb.Prefix(key=r.key, parent=r.parent or "", num_tokens=r.num_tokens,
+                                             namespace=r.namespace) for r in refs]))
+    return reqs
+
+
+async def _open(stub, pids: list[str], spec: str) -> None:
+    from agentflow.v1 import service_pb2 as pb
+
+    h = (await stub.OpenProgram(pb.OpenProgramRequest(program_id=pids[0], workflow_spec=spec))).workflow_hash
     sem = asyncio.Semaphore(64)
 
     async def open_one(pid):
@@ -87,43 +93,99 @@ async def submit_load(addr: str, plan, n_programs: int, streams: int, window: in
             await stub.OpenProgram(pb.OpenProgramRequest(program_id=pid, workflow_hash=h))
 
     await asyncio.gather(*(open_one(p) for p in pids[1:]))
-    sys_ids = list(range(10, 1010))
-    reqs = []
-    for i, pid in enumerate(pids):
-        ids = sys_ids + [5000 + i] * 200
-        refs = prefix_chain("default", ids, (1000, 1200))
-        reqs.append(pb.SubmitCallRequest(
-            program_id=pid, call_id=f"{pid}#0", step=step, prompt_tokens=len(ids),
-            expected_output_tokens=100, event_seq=1,
-            prefixes=[pb.Prefix(key=r.key, parent=r.parent or "", num_tokens=r.num_tokens, namespace=r.namespace)
-                      for r in refs]))
+
+
+async def _close(stub, pids: list[str]) -> None:
+    from agentflow.v1 import service_pb2 as pb
+
+    sem = asyncio.Semaphore(64)
+
+    async def close_one(pid):
+        async with sem:
+            await stub.CloseProgram(pb.CloseProgramRequest(program_id=pid, cancelled=True))
+
+    await asyncio.gather(*(close_one(p) for p in pids))
+
+
+async def submit_latency(addr: str, plan, n_programs: int, concurrency: int, tag: str = "lat") -> dict:
+    """Unary SubmitCall, `concurrency` clients each submitting one call at a time: the latency a
+    call sees at a moderate load (not at saturation, where it is queueing by Little's law)."""
+    import grpc
+
+    from agentflow.v1 import service_pb2_grpc as pbg
+
+    spec, step = _spec_and_step(plan)
+    ch = grpc.aio.insecure_channel(addr)
+    stub = pbg.SchedulerStub(ch)
+    pids = [f"{tag}-{i}" for i in range(n_programs)]
+    await _open(stub, pids, spec)
+    reqs = _first_calls(pids, step)
+    lat_ms: list[float] = []
+
+    async def client(items):
+        for m in items:
+            t = time.perf_counter()
+            await stub.SubmitCall(m)
+            lat_ms.append((time.perf_counter() - t) * 1000.0)
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(client(reqs[i::concurrency]) for i in range(concurrency)))
+    wall = time.perf_counter() - t0
+    await _close(stub, pids)
+    await ch.close()
+    return {"unary_rps": len(reqs) / wall, "p50_ms": float(np.percentile(lat_ms, 50)),
+            "p99_ms": float(np.percentile(lat_ms, 99))}
+
+
+def _spec_and_step(plan) -> tuple[str, str]:
+    from agentflow.spec import WorkflowSpec
+
+    return WorkflowSpec.from_compiled(plan.workflow).to_json(), next(iter(plan.llm_step.values()))
+
+
+async def submit_load(addr: str, plan, n_programs: int, streams: int, window: int, batch: int = 1,
+                      tag: str = "load") -> dict:
+    """Saturation: `streams` SubmitCallBatches streams, each with `window` batches of `batch` calls
+    in flight."""
+    import grpc
+
+    from agentflow.v1 import service_pb2 as pb
+    from agentflow.v1 import service_pb2_grpc as pbg
+
+    spec, step = _spec_and_step(plan)
+    ch = grpc.aio.insecure_channel(addr)
+    stub = pbg.SchedulerStub(ch)
+    pids = [f"{tag}-{i}" for i in range(n_programs)]
+    await _open(stub, pids, spec)
+    reqs = _first_calls(pids, step)
     lat_ms: list[float] = []
     errors = 0
     per_stream = [reqs[i::streams] for i in range(streams)]
 
     async def run_stream(items):
+        # `window` batches of `batch` calls in flight per stream; a call's latency is its batch's
         nonlocal errors
-        sent_at: dict[str, float] = {}
+        sent_at: list[float] = []
         credits = asyncio.Semaphore(window)
 
         async def gen():
-            for m in items:
+            for k in range(0, len(items), batch):
                 await credits.acquire()
-                sent_at[m.call_id] = time.perf_counter()
-                yield m
+                sent_at.append(time.perf_counter())
+                yield pb.SubmitCallBatch(calls=items[k:k + batch])
 
-        call = stub.SubmitCalls(gen())
-        async for resp in call:
-            lat_ms.append((time.perf_counter() - sent_at.pop(resp.call_id)) * 1000.0)
-            if resp.error:
-                errors += 1
+        i = 0
+        async for resp in stub.SubmitCallBatches(gen()):
+            ms = (time.perf_counter() - sent_at[i]) * 1000.0
+            i += 1
+            lat_ms.extend([ms] * len(resp.answers))
+            errors += sum(1 for a in resp.answers if a.error)
             credits.release()
 
     t0 = time.perf_counter()
     await asyncio.gather(*(run_stream(s) for s in per_stream))
     wall = time.perf_counter() - t0
-    for pid in pids:  # leave the scheduler clean for the replay
-        await stub.CloseProgram(pb.CloseProgramRequest(program_id=pid, cancelled=True))
+    await _close(stub, pids)  # leave the scheduler clean for what follows
     await ch.close()
     return {"submit_rps": len(reqs) / wall, "submit_p50_ms": float(np.percentile(lat_ms, 50)),
             "submit_p99_ms": float(np.percentile(lat_ms, 99)), "submit_errors": errors, "submissions": len(reqs)}
@@ -162,7 +224,10 @@ def main() -> int:
     ap.add_argument("--workers", type=int, default=8)
     ap.add_argument("--load-programs", type=int, default=4000)
     ap.add_argument("--streams", type=int, default=4)
-    ap.add_argument("--window", type=int, default=16)
+    ap.add_argument("--window", type=int, default=4, help="batches in flight per stream")
+    ap.add_argument("--batch", type=int, default=16, help="calls per SubmitCallBatch message")
+    ap.add_argument("--latency-programs", type=int, default=1000)
+    ap.add_argument("--latency-clients", type=int, default=2)
     ap.add_argument("--programs", type=int, default=48)
     ap.add_argument("--in-flight", type=int, default=24)
     ap.add_argument("--time-scale", type=float, default=20.0)
@@ -190,7 +255,8 @@ def main() -> int:
         workers = _spawn(wargs)
         _wait_lines(workers, r"agentflow worker (\S+)", args.workers)
         time.sleep(0.5)  # first heartbeats
-        load = asyncio.run(submit_load(addr, plan, args.load_programs, args.streams, args.window))
+        load = asyncio.run(submit_load(addr, plan, args.load_programs, args.streams, args.window, args.batch))
+        lat = asyncio.run(submit_latency(addr, plan, args.latency_programs, args.latency_clients))
         svc = asyncio.run(replay_service(addr, programs, plan, args))
     finally:
         for p in (workers, sched):
@@ -202,10 +268,12 @@ def main() -> int:
                     p.kill()
     inproc = asyncio.run(replay_in_process(programs, plan, args))
     out = {
-        "submit_rps": round(load["submit_rps"], 1), "submit_p99_ms": round(load["submit_p99_ms"], 3),
+        "submit_rps": round(load["submit_rps"], 1), "submit_p99_ms": round(lat["p99_ms"], 3),
         "jct_ratio_vs_inprocess": round(svc["jct_mean_s"] / inproc["jct_mean_s"], 4),
-        "submit_p50_ms": round(load["submit_p50_ms"], 3), "submissions": load["submissions"],
-        "submit_errors": load["submit_errors"],
+        "submit_p50_ms": round(lat["p50_ms"], 3), "unary_rps": round(lat["unary_rps"], 1),
+        "saturated_p50_ms": round(load["submit_p50_ms"], 3), "saturated_p99_ms": round(load["submit_p99_ms"], 3),
+        "submissions": load["submissions"], "submit_errors": load["submit_errors"],
+        "batch": args.batch, "streams": args.streams, "window": args.window,
         "service_jct_mean_s": round(svc["jct_mean_s"], 3), "inprocess_jct_mean_s": round(inproc["jct_mean_s"], 3),
         "service_hit_rate": round(svc["hit_rate"], 4), "inprocess_hit_rate": round(inproc["hit_rate"], 4),
         "replay_submit_p99_ms": round(svc["submit_p99_ms"], 3), "programs": len(programs),

@@ -155,6 +155,18 @@ class SubmitCallResponse(_message.Message):
     error_code: int
     def __init__(self, call_id: _Optional[str] = ..., worker_id: _Optional[str] = ..., worker_address: _Optional[str] = ..., route_reason: _Optional[str] = ..., predicted_ttft_s: _Optional[float] = ..., hints: _Optional[_Union[CallHints, _Mapping]] = ..., error: _Optional[str] = ..., error_code: _Optional[int] = ...) -> None: ...
 
+class SubmitCallBatch(_message.Message):
+    __slots__ = ("calls",)
+    CALLS_FIELD_NUMBER: _ClassVar[int]
+    calls: _containers.RepeatedCompositeFieldContainer[SubmitCallRequest]
+    def __init__(self, calls: _Optional[_Iterable[_Union[SubmitCallRequest, _Mapping]]] = ...) -> None: ...
+
+class SubmitCallBatchResponse(_message.Message):
+    __slots__ = ("answers",)
+    ANSWERS_FIELD_NUMBER: _ClassVar[int]
+    answers: _containers.RepeatedCompositeFieldContainer[SubmitCallResponse]
+    def __init__(self, answers: _Optional[_Iterable[_Union[SubmitCallResponse, _Mapping]]] = ...) -> None: ...
+
 class ReportCallRequest(_message.Message):
     __slots__ = ("call_id", "worker_id", "kind", "output_tokens", "cached", "prompt_tokens", "cached_tokens", "ttft_s", "duration_s", "error")
     class Kind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):

@@ -60,6 +60,11 @@ class SchedulerStub:
                 request_serializer=agentflow_dot_v1_dot_service__pb2.SubmitCallRequest.SerializeToString,
                 response_deserializer=agentflow_dot_v1_dot_service__pb2.SubmitCallResponse.FromString,
                 _registered_method=True)
+        self.SubmitCallBatches = channel.stream_stream(
+                '/agentflow.v1.Scheduler/SubmitCallBatches',
+                request_serializer=agentflow_dot_v1_dot_service__pb2.SubmitCallBatch.SerializeToString,
+                response_deserializer=agentflow_dot_v1_dot_service__pb2.SubmitCallBatchResponse.FromString,
+                _registered_method=True)
         self.ReportCall = channel.unary_unary(
                 '/agentflow.v1.Scheduler/ReportCall',
                 request_serializer=agentflow_dot_v1_dot_service__pb2.ReportCallRequest.SerializeToString,
@@ -122,6 +127,14 @@ class SchedulerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SubmitCallBatches(self, request_iterator, context):
+        """Many submissions per message (a gateway or an executor with many programs): answers in the
+        order of the calls; one message each way per batch instead of per call.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ReportCall(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -179,6 +192,11 @@ def add_SchedulerServicer_to_server(servicer, server):
                     servicer.SubmitCalls,
                     request_deserializer=agentflow_dot_v1_dot_service__pb2.SubmitCallRequest.FromString,
                     response_serializer=agentflow_dot_v1_dot_service__pb2.SubmitCallResponse.SerializeToString,
+            ),
+            'SubmitCallBatches': grpc.stream_stream_rpc_method_handler(
+                    servicer.SubmitCallBatches,
+                    request_deserializer=agentflow_dot_v1_dot_service__pb2.SubmitCallBatch.FromString,
+                    response_serializer=agentflow_dot_v1_dot_service__pb2.SubmitCallBatchResponse.SerializeToString,
             ),
             'ReportCall': grpc.unary_unary_rpc_method_handler(
                     servicer.ReportCall,
@@ -342,6 +360,33 @@ class Scheduler:
             '/agentflow.v1.Scheduler/SubmitCalls',
             agentflow_dot_v1_dot_service__pb2.SubmitCallRequest.SerializeToString,
             agentflow_dot_v1_dot_service__pb2.SubmitCallResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SubmitCallBatches(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/agentflow.v1.Scheduler/SubmitCallBatches',
+            agentflow_dot_v1_dot_service__pb2.SubmitCallBatch.SerializeToString,
+            agentflow_dot_v1_dot_service__pb2.SubmitCallBatchResponse.FromString,
             options,
             channel_credentials,
             insecure,
