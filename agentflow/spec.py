@@ -94,6 +94,13 @@ class LoopSpec(_Model):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
 
+class ErrorPolicySpec(_Model):
+    retries: int = Field(default=0, ge=0, description="extra attempts after a failed one")
+    on_error: str | None = Field(default=None, description="step to continue at when every attempt failed; "
+                                                           "none: the program fails")
+    timeout_s: float | None = Field(default=None, gt=0, description="seconds per attempt")
+
+
 class _StepBase(_Model):
     name: str = Field(min_length=1)
     next: str | None = None
@@ -110,6 +117,13 @@ class LLMStepSpec(_StepBase):
     inputs: list[str] = []
     expected_output_tokens: int = Field(default=256, ge=0)
     max_tokens: int | None = Field(default=None, ge=1)
+    parse: str | None = Field(default=None, description="'package.module:function' (text, state, step) -> "
+                                                        "state updates")
+    conversation: str | None = Field(default=None, description="steps of one agent naming the same conversation "
+                                                               "share a history; default: one per agent")
+    retries: int | None = Field(default=None, ge=0)
+    on_error: str | None = None
+    timeout_s: float | None = Field(default=None, gt=0)
 
 
 class ToolStepSpec(_StepBase):
@@ -117,6 +131,9 @@ class ToolStepSpec(_StepBase):
     tool: str
     agent: str | None = None
     args: dict[str, Any] = {}
+    retries: int | None = Field(default=None, ge=0)
+    on_error: str | None = None
+    timeout_s: float | None = Field(default=None, gt=0)
 
 
 class NoopStepSpec(_StepBase):
@@ -133,6 +150,7 @@ class WorkflowSpec(_Model):
     entry: str | None = Field(default=None, description="first step; default: the first listed")
     agents: list[AgentSpec] = []
     tools: list[ToolSpec] = []
+    errors: ErrorPolicySpec | None = Field(default=None, description="default error policy of every step")
     steps: list[StepSpec] = Field(min_length=1)
 
     # ---- to and from the builder ----------------------------------------------------------
@@ -146,12 +164,18 @@ class WorkflowSpec(_Model):
         for t in self.tools:
             fn = _resolve(t.impl, f"tools[{t.name}].impl") if (resolve and t.impl) else None
             wf.tool(t.name, fn, duration_hint_s=t.duration_hint_s, description=t.description, impl=t.impl)
+        if self.errors is not None:
+            wf.error_policy(retries=self.errors.retries, on_error=self.errors.on_error,
+                            timeout_s=self.errors.timeout_s)
         for s in self.steps:
             if isinstance(s, LLMStepSpec):
+                parse = _resolve(s.parse, f"steps[{s.name}].parse") if (resolve and s.parse) else s.parse
                 wf.llm(s.name, agent=s.agent, prompt=s.prompt, inputs=s.inputs,
-                       expected_output_tokens=s.expected_output_tokens, max_tokens=s.max_tokens)
+                       expected_output_tokens=s.expected_output_tokens, max_tokens=s.max_tokens, parse=parse,
+                       conversation=s.conversation, retries=s.retries, on_error=s.on_error, timeout_s=s.timeout_s)
             elif isinstance(s, ToolStepSpec):
-                wf.call(s.name, tool=s.tool, agent=s.agent, args=s.args)
+                wf.call(s.name, tool=s.tool, agent=s.agent, args=s.args, retries=s.retries, on_error=s.on_error,
+                        timeout_s=s.timeout_s)
             else:
                 wf.noop(s.name)
         for s in self.steps:
@@ -205,12 +229,15 @@ class WorkflowSpec(_Model):
                                              while_=_condition_spec(w, f"step '{name}' loop"))
                     if x is not None:
                         edges["next"] = x
+            policy = dict(retries=st.retries, on_error=st.on_error, timeout_s=st.timeout_s)
             if st.kind is StepKind.LLM:
                 steps.append(LLMStepSpec(name=name, agent=st.agent, prompt=st.prompt, inputs=list(st.inputs),
                                          expected_output_tokens=st.expected_output_tokens, max_tokens=st.max_tokens,
+                                         parse=_parser_ref(st.parse, name), conversation=st.conversation, **policy,
                                          **edges))
             elif st.kind is StepKind.TOOL:
-                steps.append(ToolStepSpec(name=name, tool=st.tool, agent=st.agent, args=dict(st.args), **edges))
+                steps.append(ToolStepSpec(name=name, tool=st.tool, agent=st.agent, args=dict(st.args), **policy,
+                                          **edges))
             else:
                 steps.append(NoopStepSpec(name=name, **edges))
         for t in compiled.tools.values():
@@ -223,6 +250,7 @@ class WorkflowSpec(_Model):
                     for a in compiled.agents.values()],
             tools=[ToolSpec(name=t.name, impl=t.impl, duration_hint_s=t.duration_hint_s, description=t.description)
                    for t in compiled.tools.values()],
+            errors=_errors_spec(compiled.errors),
             steps=steps,
         )
 
@@ -280,6 +308,12 @@ def load_workflow(path: str | Path, *, resolve: bool = False):
     if p.suffix in (".yaml", ".yml", ".json"):
         if not p.exists():
             raise SpecError("no such file", source=str(p))
+        if resolve:  # references name modules as `python -m` would find them: from the current directory
+            import os
+            import sys
+
+            if os.getcwd() not in sys.path and "" not in sys.path:
+                sys.path.append(os.getcwd())
         return WorkflowSpec.parse(p.read_text(), source=str(p)).compile(resolve=resolve)
     obj = _load_python(str(path))
     if callable(getattr(obj, "build", None)):
@@ -374,6 +408,22 @@ def _condition_spec(fn, where: str) -> Condition | None:
         raise SpecError(f"the condition of {where} is a lambda or local function; use agentflow.when(...) or a "
                         "module-level function to write this workflow to a file")
     return RefSpec(ref=ref)
+
+
+def _parser_ref(parse, step: str) -> str | None:
+    if parse is None or isinstance(parse, str):
+        return parse
+    ref = reference_of(parse)
+    if ref is None:
+        raise SpecError(f"the parser of step '{step}' is a lambda or local function; define it at module level "
+                        "to write this workflow to a file")
+    return ref
+
+
+def _errors_spec(policy) -> ErrorPolicySpec | None:
+    if policy.retries == 0 and policy.on_error is None and policy.timeout_s is None:
+        return None
+    return ErrorPolicySpec(retries=policy.retries, on_error=policy.on_error, timeout_s=policy.timeout_s)
 
 
 def _resolve(ref: str, where: str):

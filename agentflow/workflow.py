@@ -7,6 +7,7 @@
     wf.call("act", tool="bash", agent="coder")
     wf.sequence("think", "act")
     wf.loop("act", back_to="think", max_iterations=30, expected_iterations=12, while_=when("done", "falsy"))
+    wf.error_policy(retries=1, timeout_s=120)   # every step: retry once, 2 minutes per attempt
     compiled = wf.compile()          # validates everything; raises WorkflowValidationError
 
 The builder only records what the author says. `compile()` checks it all at once and reports
@@ -23,7 +24,7 @@ from types import MappingProxyType
 from typing import Any
 
 from agentflow.conditions import When
-from agentflow.errors import Problem, ProblemCode, WorkflowError
+from agentflow.errors import Problem, ProblemCode, WorkflowError, WorkflowValidationError
 from agentflow.graph.model import (
     Branch, Case, ConditionFn, Fork, Loop, Next, StepGraph, StepKind, StepNode, Transition,
     branch_probabilities,
@@ -59,6 +60,23 @@ class Tool:
         return self.fn is not None and inspect.iscoroutinefunction(self.fn)
 
 
+# An LLM step's output parser: (answer text, program state, step name) -> state updates (or None).
+Parser = Callable[[str, Mapping[str, Any], str], Mapping[str, Any] | None]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ErrorPolicy:
+    """What happens when a step fails (a tool raises, a call errs, an attempt times out).
+
+    Each attempt runs at most `timeout_s`; a failed attempt is retried up to `retries` times; if
+    the last one fails too, the program continues at `on_error` (with `state["error"]` saying
+    what went wrong) or, without one, fails with its state kept."""
+
+    retries: int = 0
+    on_error: str | None = None  # a later step of the same region; None: the program fails
+    timeout_s: float | None = None  # per attempt; None: no limit
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Step:
     """A step as the author wrote it (what runs); the graph keeps what planning needs."""
@@ -72,6 +90,11 @@ class Step:
     args: Mapping[str, Any] = field(default_factory=dict)  # tool steps: keyword arguments (templates)
     expected_output_tokens: int = DEFAULT_OUTPUT_TOKENS
     max_tokens: int | None = None
+    parse: Parser | str | None = None  # LLM steps: output -> state updates; a callable or "module:function"
+    conversation: str | None = None  # LLM steps: the agent's history it extends (None: the agent's one history)
+    retries: int | None = None  # None: the workflow's error policy
+    on_error: str | None = None
+    timeout_s: float | None = None
 
 
 @dataclass(frozen=True, eq=False, kw_only=True)
@@ -84,10 +107,19 @@ class CompiledWorkflow:
     tools: Mapping[str, Tool]
     steps: Mapping[str, Step]
     graph: StepGraph
+    errors: ErrorPolicy = ErrorPolicy()  # the workflow's default error policy
 
     @property
     def entry(self) -> str:
         return self.graph.entry
+
+    def error_policy(self, step: str) -> ErrorPolicy:
+        """The policy `step` runs under: its own fields, else the workflow's."""
+        s = self.steps[step]
+        d = self.errors
+        return ErrorPolicy(retries=d.retries if s.retries is None else s.retries,
+                           on_error=s.on_error if s.on_error is not None else d.on_error,
+                           timeout_s=s.timeout_s if s.timeout_s is not None else d.timeout_s)
 
     def spec(self):
         """The declarative spec (pydantic) of this workflow; see `agentflow.spec`."""
@@ -114,6 +146,7 @@ class Workflow:
         self._loop: dict[str, dict[str, Any]] = {}
         self._joins: dict[str, tuple[str, ...]] = {}
         self._problems: list[Problem] = []  # found while building; reported by compile()
+        self._errors = ErrorPolicy()
 
     # ---- what has been declared (read-only) -----------------------------------------------
     @property
@@ -152,16 +185,34 @@ class Workflow:
         return name
 
     def llm(self, name: str, *, agent: str, prompt: str = "", inputs: Iterable[str] = (),
-            expected_output_tokens: int = DEFAULT_OUTPUT_TOKENS, max_tokens: int | None = None) -> str:
+            expected_output_tokens: int = DEFAULT_OUTPUT_TOKENS, max_tokens: int | None = None,
+            parse: Parser | str | None = None, conversation: str | None = None, retries: int | None = None,
+            on_error: str | None = None, timeout_s: float | None = None) -> str:
+        """An LLM call by `agent`. `prompt` is a template over the program state (`{key}`,
+        `{steps.<name>}`); `inputs` are upstream steps whose new outputs follow it; `parse` turns
+        the answer into state updates; steps of one agent naming the same `conversation` share a
+        history (default: all of the agent's steps share one); `retries`/`on_error`/`timeout_s`
+        override the workflow's error policy."""
         if expected_output_tokens < 0:
             self._problems.append(Problem(code=P.BAD_VALUE, step=name,
                                           message="expected_output_tokens is negative", fix="give a count >= 0"))
+        self._check_policy(name, retries, timeout_s)
         return self._add(Step(name=name, kind=StepKind.LLM, agent=agent, prompt=prompt, inputs=tuple(inputs),
-                              expected_output_tokens=expected_output_tokens, max_tokens=max_tokens))
+                              expected_output_tokens=expected_output_tokens, max_tokens=max_tokens, parse=parse,
+                              conversation=conversation, retries=retries, on_error=on_error, timeout_s=timeout_s))
 
-    def call(self, name: str, *, tool: str, agent: str | None = None, args: Mapping[str, Any] | None = None) -> str:
+    def call(self, name: str, *, tool: str, agent: str | None = None, args: Mapping[str, Any] | None = None,
+             retries: int | None = None, on_error: str | None = None, timeout_s: float | None = None) -> str:
+        """A tool call. `args` are keyword arguments; string values are templates over the state
+        (a value that is exactly `{key}` passes the state's value itself, not its text)."""
+        self._check_policy(name, retries, timeout_s)
         return self._add(Step(name=name, kind=StepKind.TOOL, tool=tool, agent=agent, args=dict(args or {}),
-                              expected_output_tokens=0))
+                              expected_output_tokens=0, retries=retries, on_error=on_error, timeout_s=timeout_s))
+
+    def error_policy(self, *, retries: int = 0, on_error: str | None = None, timeout_s: float | None = None) -> None:
+        """The default error policy of every LLM and tool step (a step's own fields win)."""
+        self._check_policy(None, retries, timeout_s)
+        self._errors = ErrorPolicy(retries=retries, on_error=on_error, timeout_s=timeout_s)
 
     def noop(self, name: str) -> str:
         """A step that does nothing: a routing point for branches and loops."""
@@ -232,9 +283,14 @@ class Workflow:
             self._tools.setdefault(t.name, t)
         q = lambda s: f"{name}/{s}"  # noqa: E731
         for s in sub.steps.values():
+            # the sub-workflow's own default policy, if it set one, travels with its steps
+            pol = sub.error_policy(s.name) if sub.errors != ErrorPolicy() and s.kind is not StepKind.NOOP else s
             self._add(Step(name=q(s.name), kind=s.kind, agent=s.agent, tool=s.tool, prompt=s.prompt,
                            inputs=tuple(q(i) for i in s.inputs), args=s.args,
-                           expected_output_tokens=s.expected_output_tokens, max_tokens=s.max_tokens))
+                           expected_output_tokens=s.expected_output_tokens, max_tokens=s.max_tokens,
+                           parse=s.parse, conversation=q(s.conversation) if s.conversation else None,
+                           retries=pol.retries, on_error=q(pol.on_error) if pol.on_error else None,
+                           timeout_s=pol.timeout_s))
         exits = []
         for s, t in sub.graph.transitions.items():
             match t:
@@ -265,13 +321,62 @@ class Workflow:
             transitions[s] = self._transition(s, problems)
         nodes = {s: self._node(step) for s, step in self._steps.items()}
         entry = self._entry or (next(iter(self._steps)) if self._steps else "")
+        problems += self._check_error_targets_exist()
         graph = StepGraph.build(self.name, entry=entry, steps=nodes, transitions=transitions,
                                 declared_joins=self._joins, extra_problems=problems)
+        late = self._check_error_routes(graph)
+        if late:
+            raise WorkflowValidationError(self.name, late)
         return CompiledWorkflow(
             name=self.name, description=self.description,
             agents=MappingProxyType(dict(self._agents)), tools=MappingProxyType(dict(self._tools)),
-            steps=MappingProxyType(dict(self._steps)), graph=graph,
+            steps=MappingProxyType(dict(self._steps)), graph=graph, errors=self._errors,
         )
+
+    # ---- error policies -------------------------------------------------------------------
+    def _check_policy(self, step: str | None, retries: int | None, timeout_s: float | None) -> None:
+        if retries is not None and (not isinstance(retries, int) or retries < 0):
+            self._problems.append(Problem(code=P.BAD_VALUE, step=step,
+                                          message=f"retries must be >= 0 (got {retries!r})",
+                                          fix="give the number of extra attempts, 0 for none"))
+        if timeout_s is not None and not timeout_s > 0:
+            self._problems.append(Problem(code=P.BAD_VALUE, step=step,
+                                          message=f"timeout_s must be > 0 (got {timeout_s!r})",
+                                          fix="give seconds per attempt, or None for no limit"))
+
+    def _routes(self):
+        """(step, its error route) for every LLM and tool step that has one."""
+        for s in self._steps.values():
+            if s.kind is StepKind.NOOP:
+                continue
+            target = s.on_error if s.on_error is not None else self._errors.on_error
+            if target is not None:
+                yield s.name, target
+
+    def _check_error_targets_exist(self) -> list[Problem]:
+        return [Problem(code=P.UNKNOWN_STEP, step=s, message=f"its on_error route goes to unknown step '{t}'",
+                        fix=f"route errors to an existing step (steps: {', '.join(sorted(self._steps))})")
+                for s, t in self._routes() if t not in self._steps]
+
+    def _check_error_routes(self, graph: StepGraph) -> list[Problem]:
+        """An error route skips ahead: to a step after the failed one (never back, so a failing
+        program always ends), in the same fan-out branch (so joins still count their branches)."""
+        import networkx as nx
+
+        fwd = nx.DiGraph()
+        fwd.add_nodes_from(graph.steps)
+        fwd.add_edges_from((u, v) for u, v, k in graph.nx_graph.edges(data="kind") if k != "loop_back")
+        out = []
+        for s, t in self._routes():
+            if t == s or not nx.has_path(fwd, s, t):
+                out.append(Problem(code=P.BAD_VALUE, step=s,
+                                   message=f"its on_error route to '{t}' does not lead forward",
+                                   fix="route errors to a step that comes after this one (a recovery or final step)"))
+            elif graph.region_of[s] != graph.region_of[t]:
+                out.append(Problem(code=P.BAD_VALUE, step=s,
+                                   message=f"its on_error route to '{t}' leaves its fan-out branch",
+                                   fix="route errors to a step inside the same parallel branch"))
+        return out
 
     # ---- internals ------------------------------------------------------------------------
     def _add(self, step: Step) -> str:

@@ -16,9 +16,13 @@ agentflow, with every role an agent:
     self_improve                                      SelfImprove.assistant (the Prompt Engineer
                                                       rewrites the task before the chain starts)
 
-State keys the executor sets: `<P>.concluded` when a message carries ChatDev's `<INFO>` marker,
-`<C>.break` when ChatDev's `break_cycle` holds (no unimplemented file; review finished; tests
-pass). -1 (or 0) turns means ChatDev's default of 10 (`chat_turn_limit_default`).
+Conversations: as in ChatDev, every phase is a fresh chat: each role's history spans its phase
+(`conversation=<phase key>`), and a reflection is a chat of its own.
+
+State keys: `parse_message` (every LLM step's parser) sets `<P>.concluded` when a message carries
+ChatDev's `<INFO>` marker. `<C>.break` stands for ChatDev's `break_cycle` (no unimplemented file;
+review finished; tests pass): it needs the produced code, which this example does not write, so
+nothing sets it here and composed phases run their cycles (a parser of your own may set it). -1 (or 0) turns means ChatDev's default of 10 (`chat_turn_limit_default`).
 
 `build()` reads the shipped, structure-only `examples/chatdev/chain.json`: the chain of the real
 run OpenBMB/ChatDev chatdev1.0 @ 31fd9944 `WareHouse/2048_THUNLP_20230822144615`, with each
@@ -285,6 +289,13 @@ def _phase(entry: Mapping, key: str) -> _Phase:
                   reflect=entry["need_reflect"])
 
 
+def parse_message(text: str, state, step: str) -> dict:
+    """A dialogue message: `<phase key>.concluded` when it carries ChatDev's `<INFO>` marker."""
+    if "<INFO>" not in text:
+        return {}
+    return {f"{step.rsplit('.', 1)[0]}.concluded": True}
+
+
 class _ChainBuilder:
     def __init__(self, wf: Workflow, role_prompts: Mapping[str, str]):
         self.wf = wf
@@ -316,7 +327,8 @@ class _ChainBuilder:
         p_concl = ASSISTANT_CONCLUDES.get(p.phase, DEFAULT_ASSISTANT_CONCLUDES)
         a = wf.llm(p.entry, agent=p.assistant, prompt=f"Task: {{task}}\n{_goal(p.phase)}",
                    inputs=[f"{p.key}.user"] if p.turns > 1 else [],
-                   expected_output_tokens=OUTPUT_TOKENS.get((p.phase, "assistant"), DEFAULT_OUTPUT_TOKENS))
+                   expected_output_tokens=OUTPUT_TOKENS.get((p.phase, "assistant"), DEFAULT_OUTPUT_TOKENS),
+                   parse=parse_message, conversation=p.key)
         if p.turns == 1:
             if p.reflect:
                 r = self.reflection(p, [a], after)
@@ -326,7 +338,8 @@ class _ChainBuilder:
             return
         u = wf.llm(f"{p.key}.user", agent=p.user,
                    prompt=f"Task: {{task}}\nAs {p.user}, answer the {p.assistant}. Goal: {_goal(p.phase)}",
-                   inputs=[a], expected_output_tokens=OUTPUT_TOKENS.get((p.phase, "user"), DEFAULT_OUTPUT_TOKENS))
+                   inputs=[a], expected_output_tokens=OUTPUT_TOKENS.get((p.phase, "user"), DEFAULT_OUTPUT_TOKENS),
+                   parse=parse_message, conversation=p.key)
         done = self.target(after)
         wf.branch(a, {done: concluded}, default=u, probabilities={done: p_concl})
         exit_ = after
@@ -340,7 +353,8 @@ class _ChainBuilder:
         self.agent(CEO)
         self.agent(COUNSELOR)
         r = self.wf.llm(f"{p.key}.reflect", agent=CEO, prompt=f"Phase {p.phase}. {_goal('Reflection')}",
-                        inputs=inputs, expected_output_tokens=OUTPUT_TOKENS[("Reflection", "assistant")])
+                        inputs=inputs, expected_output_tokens=OUTPUT_TOKENS[("Reflection", "assistant")],
+                        parse=parse_message, conversation=f"{p.key}.reflect")
         if after is not None:
             self.wf.sequence(r, after)
         return r

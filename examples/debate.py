@@ -4,9 +4,8 @@
      ^               |
      └───────────────┘
 
-Each round the proponent argues and the opponent answers; the executor sets `consensus` when
-the opponent's answer concedes (or both sides state the same position), which ends the debate
-early. The judge reads both sides' last turns and rules. `debate.yaml` is the same program
+Each round the proponent argues and the opponent answers; `parse_answer` sets `consensus` when
+the opponent's answer concedes, which ends the debate early. The judge reads both sides' last turns and rules. `debate.yaml` is the same program
 written as a workflow file.
 
 KV cache, in steps-to-execution (rounds until an agent's next LLM call):
@@ -28,6 +27,11 @@ MAX_ROUNDS = 4
 EXPECTED_ROUNDS = 3.0
 
 
+def parse_answer(text: str, state, step: str) -> dict:
+    """The opponent's answer: `consensus` once it concedes ("I concede")."""
+    return {"consensus": "concede" in text.lower()}
+
+
 def build() -> Workflow:
     wf = Workflow("debate", description="Pro and con debate for up to 4 rounds; a judge decides.")
     wf.agent("pro", system_prompt="You argue FOR the motion. Answer the other side's strongest point, concisely.")
@@ -36,7 +40,8 @@ def build() -> Workflow:
     wf.agent("judge", system_prompt="You judge a debate. Weigh the arguments, not the style, and rule "
                                     "for one side with a one-paragraph reason.")
     wf.llm("pro_argues", agent="pro", prompt="Motion: {motion}", inputs=["con_answers"], expected_output_tokens=300)
-    wf.llm("con_answers", agent="con", prompt="Motion: {motion}", inputs=["pro_argues"], expected_output_tokens=300)
+    wf.llm("con_answers", agent="con", prompt="Motion: {motion}", inputs=["pro_argues"], expected_output_tokens=300,
+           parse=parse_answer)
     wf.llm("judge_rules", agent="judge", prompt="Motion: {motion}\nRule on the debate.",
            inputs=["pro_argues", "con_answers"], expected_output_tokens=200)
     wf.sequence("pro_argues", "con_answers")

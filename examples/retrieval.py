@@ -6,11 +6,11 @@
      └──────────────────────── one more round, at most (2 rounds in all) ───────────┘
 
 The planner turns the question into search queries (`docs_query`, `code_query`, `history_query`
-in the state); three retrievers run in parallel over a local code base: full-text search in its
+in the state, read from its answer by `parse_plan`; the question itself where a line is missing); three retrievers run in parallel over a local code base: full-text search in its
 files, Python symbols (functions and classes, with their docstrings), and git history. Each
 search result is read by its own summarizer agent. The synthesizer drafts an answer from the
 three summaries, a critic checks it (`verdict` = "complete" or what is missing), and if it
-falls short the planner gets one more round before the synthesizer writes the final answer.
+falls short (`parse_verdict`) the planner gets one more round before the synthesizer writes the final answer.
 
 KV cache, in steps-to-execution (see tests/examples/test_retrieval.py for the exact figures):
   * while `plan` runs, the three readers are 2 steps away (search, then read) and run at the
@@ -125,6 +125,28 @@ async def search_history(query: str, root: str = ".", max_hits: int = MAX_HITS, 
     return {"hits": hits}
 
 
+QUERY_KEYS = {"docs": "docs_query", "code": "code_query", "history": "history_query"}
+
+
+def parse_plan(text: str, state, step: str) -> dict:
+    """The planner's answer, lines `docs: ...`, `code: ...`, `history: ...` -> the three queries.
+    A query the answer lacks falls back to the question itself."""
+    found = {}
+    for line in text.splitlines():
+        head, sep, rest = line.partition(":")
+        key = QUERY_KEYS.get(head.strip().strip("-*` ").lower())
+        if sep and key and rest.strip():
+            found[key] = rest.strip()
+    return {key: found.get(key, state.get("question", "")) for key in QUERY_KEYS.values()}
+
+
+def parse_verdict(text: str, state, step: str) -> dict:
+    """The critic's answer -> `verdict`: "complete", or what it says is missing."""
+    words = text.strip().split()
+    first = words[0].strip(".,:;!'\"").lower() if words else ""
+    return {"verdict": "complete" if first == "complete" else text.strip()}
+
+
 READERS = {  # retriever: (tool, its function, query key in the state, reader agent, what it reads)
     "docs": ("search_text", search_text, "docs_query", "docs_reader", "text search hits"),
     "code": ("search_symbols", search_symbols, "code_query", "code_reader", "Python definitions"),
@@ -146,7 +168,9 @@ def build() -> Workflow:
                                        f"bears on the question. Cite where each point comes from.", tools=[tool])
         wf.tool(tool, fn, duration_hint_s=DURATION_HINT_S[tool])
 
-    wf.llm("plan", agent="planner", prompt="Question: {question}", inputs=["check"], expected_output_tokens=80)
+    wf.llm("plan", agent="planner", prompt="Question: {question}\nAnswer with three lines: docs: <query>, "
+                                         "code: <query>, history: <query>.", inputs=["check"],
+           expected_output_tokens=80, parse=parse_plan)
     ends = []
     for source, (tool, _, query_key, reader, _) in READERS.items():
         wf.call(f"search_{source}", tool=tool, agent=reader, args={"query": f"{{{query_key}}}", "root": "{repo}"})
@@ -154,7 +178,8 @@ def build() -> Workflow:
                            inputs=[f"search_{source}"], expected_output_tokens=200))
         wf.sequence(f"search_{source}", f"read_{source}")
     wf.llm("synthesize", agent="synthesizer", prompt="Question: {question}", inputs=ends, expected_output_tokens=400)
-    wf.llm("check", agent="critic", prompt="Question: {question}", inputs=["synthesize"], expected_output_tokens=30)
+    wf.llm("check", agent="critic", prompt="Question: {question}", inputs=["synthesize"], expected_output_tokens=30,
+           parse=parse_verdict)
     wf.noop("another_round")
     wf.llm("answer", agent="synthesizer", prompt="Write the final answer.", inputs=["check"],
            expected_output_tokens=400)

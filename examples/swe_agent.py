@@ -6,9 +6,10 @@
       |                         └─(none)────┴─> observe ──loop while not `submitted`──> submit
       └──────────────── at most 50 times ──────────┘
 
-`think` is the coder's LLM call; the executor parses its answer into the program state (`action`
+`think` is the coder's LLM call; `parse_action` reads its answer into the program state (`action`
 one of "bash" / "edit" / "run_tests", plus that action's arguments: `command`; `path`, `old`,
-`new`; `tests`). An answer with no valid action goes straight to `observe`, which hands the
+`new`; `tests`) from one fenced block: ```bash <command>```, ```run_tests <node ids>```, or
+```edit <path> NEWLINE <old> NEWLINE======= NEWLINE <new>```. An answer with no valid action goes straight to `observe`, which hands the
 format error back (as mini-swe-agent does). The agent submits with the bash command
 `echo COMPLETE_TASK_AND_SUBMIT_FINAL_OUTPUT ...`; `run_bash` then reports `submitted: True`,
 the loop stops, and `submit` collects the patch with `git diff`.
@@ -38,6 +39,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -140,6 +142,26 @@ def git_diff(cwd: str = ".") -> dict:
     return {"patch": done.stdout}
 
 
+_BLOCK = re.compile(r"```(bash|edit|run_tests)[ \t]*([^\n]*)\n?(.*?)```", re.DOTALL)
+
+
+def parse_action(text: str, state, step: str) -> dict:
+    """The coder's answer -> its action and arguments (the first fenced block), or action None."""
+    m = _BLOCK.search(text)
+    none = {"action": None, "command": "", "path": "", "old": "", "new": "", "tests": ""}
+    if m is None:
+        return none
+    kind, head, body = m.group(1), m.group(2).strip(), m.group(3)
+    if kind == "bash":
+        return none | {"action": "bash", "command": (head + "\n" + body).strip()}
+    if kind == "run_tests":
+        return none | {"action": "run_tests", "tests": (head + " " + body).strip()}
+    old, sep, new = body.partition("\n=======\n")
+    if not head or not sep:
+        return none
+    return none | {"action": "edit", "path": head, "old": old, "new": new.removesuffix("\n")}
+
+
 def build() -> Workflow:
     wf = Workflow("swe-agent", description="One coding agent in a bounded loop over bash, edits and tests.")
     wf.agent("coder", system_prompt=SYSTEM_PROMPT, tools=["bash", "edit", "run_tests", "git_diff"])
@@ -149,7 +171,7 @@ def build() -> Workflow:
     wf.tool("git_diff", git_diff, duration_hint_s=0.2)
 
     wf.llm("think", agent="coder", prompt="Fix this issue:\n{task}", inputs=["bash", "edit", "tests"],
-           expected_output_tokens=256)
+           expected_output_tokens=256, parse=parse_action)
     wf.call("bash", tool="bash", agent="coder", args={"command": "{command}", "cwd": "{workdir}"})
     wf.call("edit", tool="edit", agent="coder",
             args={"path": "{path}", "old": "{old}", "new": "{new}", "cwd": "{workdir}"})

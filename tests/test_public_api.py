@@ -9,9 +9,10 @@ import agentflow
 import agentflow.graph
 
 PUBLIC = [
-    "Agent", "AgentflowError", "CompiledWorkflow", "Op", "Position", "PositionError", "Problem", "ProblemCode",
-    "ProgramEstimate", "ProgramIndex", "SpecError", "Step", "StepGraph", "Tool", "When", "Workflow",
-    "WorkflowError", "WorkflowSpec", "WorkflowValidationError", "WorkloadError", "estimate", "load_workflow", "when",
+    "Agent", "AgentflowError", "CompiledWorkflow", "ErrorPolicy", "Executor", "Op", "Position", "PositionError",
+    "Problem", "ProblemCode", "ProgramEstimate", "ProgramIndex", "ProgramStatus", "RunResult", "SpecError", "Step",
+    "StepGraph", "Tool", "When", "Workflow", "WorkflowError", "WorkflowSpec", "WorkflowValidationError",
+    "WorkloadError", "arun", "estimate", "load_workflow", "run", "run_many", "when",
 ]
 
 GRAPH = [

@@ -12,6 +12,7 @@ _SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
     "plan": ("agentflow.cli.plan", "plan", "Compile a workflow; print its step graph and steps-to-execution table."),
     "validate": ("agentflow.cli.plan", "validate", "Validate a workflow file or module and report every problem."),
     "schema": ("agentflow.cli.plan", "schema", "Print the JSON Schema of the workflow spec format."),
+    "run": ("agentflow.cli.run", "run", "Run a workflow for real on an engine (local model, simulated worker, or a service)."),
     "replay": ("agentflow.cli.replay", "replay", "Replay a workload through the simulated cluster; compare every policy side by side."),
     "schedule": ("agentflow.cli.schedule", "schedule", "Run a script of events through the scheduler; print its decisions."),
     "serve": ("agentflow.cli.serve", "serve", "Start the scheduler service (gRPC) that clients and GPU workers talk to."),

@@ -32,10 +32,15 @@ from what finished calls cached (prompt + output, `prefix_key`); a decision nami
 is ignored. Priorities are remembered per key and re-applied whenever the key's tokens are
 inserted again (a decision carries only the priorities that changed), as the replay does.
 
-Tokens: `encode_chat` is a toy tokenizer (whitespace words hashed to ids, role markers as special
-ids), *not* a real model's tokenizer; it is deterministic and invertible for the words it has
-seen and for the generated words, so an agent's next prompt (its history plus the decoded output)
-starts with the previous prompt + output, exactly as a real chat template's would.
+Tokens: `encode_chat` is a toy tokenizer (whitespace words hashed to ids, line breaks and role
+markers as special ids), *not* a real model's tokenizer; it is deterministic and invertible for
+the words it has seen and for the generated words (up to runs of spaces), so an agent's next
+prompt (its history plus the decoded output) starts with the previous prompt + output, exactly as
+a real chat template's would.
+
+Output: `forced_output_ids` if the request has them (replays), else the scripted `reply(request,
+prompt text)` if the engine has one (tests and demos: a "model" that answers what a test needs),
+else `max_new_tokens` pseudo-words seeded by the call id.
 """
 
 from __future__ import annotations
@@ -66,6 +71,7 @@ from agentflow.runtime.prefixes import PrefixRef
 # ---- the toy tokenizer -------------------------------------------------------------------------
 ROLE_IDS = {"system": 1, "user": 2, "assistant": 3, "tool": 4}
 END_ID = 5  # closes a message
+NEWLINE_ID = 6  # line breaks survive a round trip (answers with code blocks parse the same)
 _WORD_BASE = 1000  # word ids start here
 _WORD_SPAN = 1 << 24
 # generated text draws from these words (their ids decode back to them)
@@ -137,6 +143,7 @@ class SimEngine:
         self._prio: dict[str, int] = {}
         self._transfers: list[tuple[float, str]] = []  # (lands at, simulated s; prefix key)
         self._words: dict[int, str] = dict(zip(_VOCAB_IDS, _VOCAB, strict=True))
+        self._ids: dict[str, int] = dict(zip(_VOCAB, _VOCAB_IDS, strict=True))
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._closed = False
@@ -164,15 +171,29 @@ class SimEngine:
         return ids
 
     def _encode_text(self, text: str) -> list[int]:
-        out = []
-        for w in text.split():
-            i = word_id(w)
-            self._words.setdefault(i, w)
-            out.append(i)
+        ids = self._ids
+        out: list[int] = []
+        for n, line in enumerate(text.strip().split("\n")):
+            if n:
+                out.append(NEWLINE_ID)
+            for w in line.split():
+                i = ids.get(w)
+                if i is None:  # hash each distinct word once: prompts re-encode whole conversations
+                    i = ids[w] = word_id(w)
+                    self._words.setdefault(i, w)
+                out.append(i)
         return out
 
     def decode(self, token_ids: Sequence[int]) -> str:
-        return " ".join(self._words.get(i, f"<{i}>") for i in token_ids if i >= _WORD_BASE)
+        """Words joined by spaces, line breaks kept (role and end markers dropped)."""
+        out: list[str] = []
+        for i in token_ids:
+            if i == NEWLINE_ID:
+                out.append("\n")
+            elif i >= _WORD_BASE:
+                word = self._words.get(i, f"<{i}>")
+                out.append(word if not out or out[-1] == "\n" else " " + word)
+        return "".join(out)
 
     # ---- generate ----------------------------------------------------------------------------
     async def generate(self, request: GenerateRequest) -> AsyncIterator[TokenChunk | GenerateResult]:
@@ -222,7 +243,7 @@ class SimEngine:
         return pseudo_output(request.call_id, request.max_new_tokens)
 
     def _chunk_text(self, ids: Sequence[int]) -> str:
-        return "".join(" " + self._words.get(i, f"<{i}>") for i in ids)
+        return "".join("\n" if i == NEWLINE_ID else " " + self._words.get(i, f"<{i}>") for i in ids)
 
     def _result(self, p: _Pending, out_ids: tuple[int, ...]) -> GenerateResult:
         sim, req = p.sim, p.request
@@ -462,4 +483,4 @@ class SimEngine:
         return f"SimEngine({self.name!r}, cost={self.cost.name!r}, time_scale={self.time_scale})"
 
 
-__all__ = ["END_ID", "ROLE_IDS", "SimEngine", "pseudo_output", "word_id"]
+__all__ = ["END_ID", "NEWLINE_ID", "ROLE_IDS", "SimEngine", "pseudo_output", "word_id"]

@@ -1,0 +1,88 @@
+"""`ServiceBackend`: programs run through the scheduler service instead of a scheduler here.
+
+    ProgramRun ──> ServiceBackend ──> client: ServiceClient (gRPC)  or  InProcessClient
+      open_program(id, wf)            open_program(id, wf.spec().to_json())
+      call(request, step, ...)        run_call(CallRequest, request, on_chunk) -> (route, result)
+      tool(id, step, ...)             tool(id, step=..., tool=..., finished=..., duration_s=...)
+      close_program(id, cancelled)    close_program(id, cancelled=...)
+
+The service routes each call, runs it on a worker and applies its own decisions there, so this
+backend keeps no decision log (`decisions` is None). Prompts are tokenized here with a local copy
+of the served model's tokenizer (`tokenizer.encode_chat`: e.g. a `SimEngine` for simulated
+workers, a `LocalEngine` for local ones), since prefix keys are cut on token ids. The workflow
+travels as its spec, so its tools must be importable by reference (module-level functions).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable, Sequence
+from typing import Any
+
+from agentflow.runtime.engines.base import GenerateRequest, GenerateResult, TokenChunk
+from agentflow.workflow import CompiledWorkflow
+
+
+class ServiceBackend:
+    decisions = None  # the service applies its decisions on its workers
+
+    def __init__(self, client: Any, *, tokenizer: Any, tenant: str = ""):
+        self.client = client  # ServiceClient or InProcessClient; the caller opens and closes it
+        self.tokenizer = tokenizer
+        self.tenant = tenant
+        self.owns_client = False  # connect_service's backends close their client with themselves
+
+    def encode_chat(self, messages: Sequence[dict[str, str]]) -> list[int]:
+        return self.tokenizer.encode_chat(messages)
+
+    async def open_program(self, program_id: Hashable, workflow: CompiledWorkflow) -> None:
+        await self.client.open_program(str(program_id), workflow.spec().to_json(), tenant=self.tenant)
+
+    async def call(self, request: GenerateRequest, *, step: str, expected_output_tokens: int,
+                   on_chunk: Callable[[TokenChunk], None] | None = None) -> tuple[str, GenerateResult]:
+        from agentflow.runtime.service.core import CallRequest
+
+        call = CallRequest(program_id=str(request.program_id), call_id=str(request.call_id), step=step,
+                           prefixes=request.prefixes, prompt_tokens=len(request.prompt_ids),
+                           expected_output_tokens=expected_output_tokens)
+        route, result = await self.client.run_call(call, request, on_chunk=on_chunk)
+        return route.worker_id, result
+
+    async def tool(self, program_id: Hashable, *, step: str, tool: str, finished: bool,
+                   duration_s: float = 0.0) -> None:
+        await self.client.tool(str(program_id), step=step, tool=tool, finished=finished, duration_s=duration_s)
+
+    async def close_program(self, program_id: Hashable, *, cancelled: bool = False) -> None:
+        await self.client.close_program(str(program_id), cancelled=cancelled)
+
+    async def tick(self) -> None:
+        return None  # the service keeps its own time
+
+    async def aclose(self) -> None:
+        if self.owns_client:
+            await self.client.close()
+
+
+async def connect_service(address: str, *, tokenizer: str = "sim", token: str | None = None,
+                          timeout_s: float = 5.0) -> ServiceBackend:
+    """A backend on the scheduler service at `address` (`agentflow serve`), tokenizing like its
+    workers: `tokenizer` "sim" (simulated workers) or "local" (local-model workers)."""
+    from agentflow.runtime.executor.executor import make_engine
+    from agentflow.runtime.executor.records import ExecutionError
+    from agentflow.runtime.service.client import ServiceClient, ServiceUnavailable
+    from agentflow.runtime.service.server import Transport
+
+    client = ServiceClient(address, transport=Transport(token=token) if token else Transport())
+    try:
+        await client.connect(timeout_s)
+    except ServiceUnavailable as e:
+        await client.close()
+        raise ExecutionError(str(e)) from None
+    except BaseException:
+        await client.close()
+        raise
+    backend = ServiceBackend(client, tokenizer=make_engine(tokenizer))
+    backend.owns_client = True
+    return backend
+
+
+__all__ = ["ServiceBackend", "connect_service"]
