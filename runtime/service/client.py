@@ -54,6 +54,7 @@ class ServiceClient:
         self._workers: dict[str, tuple[grpc.aio.Channel, pbg.WorkerStub]] = {}
         self._seq: dict[str, int] = {}
         self._sent_specs: set[str] = set()
+        self._background: set[asyncio.Task] = set()
         self.retries = 0  # calls run again after their worker failed
         self.submit_ms: list[float] = []  # wall latency of each SubmitCall
 
@@ -165,10 +166,29 @@ class ServiceClient:
             except grpc.aio.AioRpcError as exc:
                 if attempt == 1 or exc.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED,
                                                       grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL):
+                    self._report_failed(call.call_id, route.worker_id, f"{exc.code().name}: {exc.details()}")
                     raise
                 self.retries += 1
                 route = await self.submit(replace(call, failed_worker=route.worker_id, event_seq=0))
+            except (asyncio.CancelledError, Exception) as exc:  # the caller gave up on it (cancel, timeout)
+                self._report_failed(call.call_id, route.worker_id, type(exc).__name__)
+                raise
         raise AssertionError("unreachable")
+
+    def _report_failed(self, call_id: str, worker_id: str, error: str) -> None:
+        """Tell the scheduler the call is over without a result (in the background: this runs on
+        the way out of a cancelled task). Best effort: a program's close ends it too."""
+        async def report():
+            try:
+                await self.stub.ReportCall(pb.ReportCallRequest(call_id=call_id, worker_id=worker_id,
+                                                                kind=pb.ReportCallRequest.FAILED, error=error),
+                                           metadata=self.transport.metadata(), timeout=self.rpc_timeout_s)
+            except grpc.aio.AioRpcError:
+                pass
+
+        task = asyncio.ensure_future(report())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
 
 __all__ = ["ServiceClient", "ServiceUnavailable"]

@@ -487,6 +487,17 @@ class ServiceCore:
                 t.record_hit(prompt_tokens, cached_tokens, worker=worker_id)
         self._step()
 
+    def call_failed(self, call_id: str, worker_id: str, error: str = "") -> bool:
+        """A call that ended without a result (cancelled by its program, or the engine refused it):
+        it leaves the scheduler as a call that produced nothing, so it holds no place in the queue
+        and no worker's load. False when the call is not in flight (finished, retried, closed)."""
+        if call_id not in self.sched.calls:
+            return False
+        self.call_finished(call_id, worker_id or self.call_worker.get(call_id, ""), output_tokens=0)
+        if self.telemetry is not None:
+            self.telemetry.end_llm_call(call_id, error=error or "failed")
+        return True
+
     # ================================================================ tools and closing =========
     def tool(self, program_id: str, *, step: str, tool: str, finished: bool, duration_s: float = 0.0,
              event_seq: int = 0) -> None:

@@ -75,13 +75,17 @@ class InProcessClient:
         engine = self.engines[route.worker_id]
         self.core.call_started(call.call_id, route.worker_id)
         result = None
-        async for item in engine.generate(request):
-            if isinstance(item, GenerateResult):
-                result = item
-            elif on_chunk is not None:
-                on_chunk(item)
-        if result is None:
-            raise RuntimeError(f"engine {engine.name} ended call {call.call_id} without a result")
+        try:
+            async for item in engine.generate(request):
+                if isinstance(item, GenerateResult):
+                    result = item
+                elif on_chunk is not None:
+                    on_chunk(item)
+            if result is None:
+                raise RuntimeError(f"engine {engine.name} ended call {call.call_id} without a result")
+        except BaseException as exc:  # cancelled, or the engine failed: the call leaves the scheduler
+            self.core.call_failed(call.call_id, route.worker_id, type(exc).__name__)
+            raise
         self.core.call_finished(call.call_id, route.worker_id, output_tokens=len(result.output_ids),
                                 cached=result.cached, prompt_tokens=result.prompt_tokens,
                                 cached_tokens=result.cached_tokens, ttft_s=result.ttft_s)

@@ -258,7 +258,8 @@ class SchedulerServicer(pbg.SchedulerServicer):
                                         prompt_tokens=request.prompt_tokens, cached_tokens=request.cached_tokens,
                                         ttft_s=request.ttft_s)
             elif request.kind == K.FAILED:
-                log.warning("call %s failed on %s: %s", request.call_id, request.worker_id, request.error)
+                log.info("call %s failed on %s: %s", request.call_id, request.worker_id, request.error)
+                self.core.call_failed(request.call_id, request.worker_id, request.error)
             else:
                 raise ServiceError(Code.INVALID_ARGUMENT, "must be STARTED, FINISHED or FAILED", field="kind")
         except ServiceError as exc:

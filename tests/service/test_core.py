@@ -241,3 +241,15 @@ def test_telemetry_sees_the_program_its_steps_calls_tools_and_decisions(spec_jso
     assert metrics["agentflow.worker.queue_depth"].data.data_points[0].value == 3
     assert metrics["agentflow.kv.pinned_bytes"].data.data_points[0].value == 10 * 131_072
     assert metrics["agentflow.scheduler.decisions"].data.data_points[0].value == core.decisions > 0
+
+
+def test_a_failed_or_cancelled_call_leaves_the_queue_and_the_workers_load(spec_json):
+    core, _ = make_core()
+    core.register_worker(spec("w1"))
+    core.open_program("p", workflow_spec=spec_json)
+    ans = core.submit(call("p", 0))
+    assert core.workers["w1"].in_flight == 1 and list(core.sched.waiting) == ["p#0"]
+    assert core.call_failed("p#0", ans.worker_id, "CancelledError")
+    assert not core.sched.calls and not core.sched.waiting and core.workers["w1"].in_flight == 0
+    assert not core.call_failed("p#0", "w1")  # over already: nothing to do
+    assert core.submit(call("p", 1)).worker_id == "w1"  # the program goes on
