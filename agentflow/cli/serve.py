@@ -106,12 +106,14 @@ def serve(listen, policy, journal_path, time_scale, worker_timeout, ttft_slo, tl
 @click.option("--time-scale", type=float, default=1.0, show_default=True,
               help="sim: simulated seconds per wall second.")
 @click.option("--sglang-url", default=None, help="sglang: the server's base URL.")
+@click.option("--tls-key", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Serve this worker's own endpoint over TLS with --tls-cert and this key (else plaintext).")
 @click.option("--count", type=int, default=1, show_default=True,
               help="sim: run N simulated workers in this process (ids ID-0 ... ID-(N-1), ports from --listen's).")
 @click.option("-v", "--verbose", is_flag=True)
 @_with(_transport_options)
 def worker(scheduler, engine, worker_id, listen, advertise, preset, kv_tokens, host_tokens, strategy, time_scale,
-           sglang_url, count, verbose, tls_cert, token, max_message_mb) -> None:
+           sglang_url, tls_key, count, verbose, tls_cert, token, max_message_mb) -> None:
     """Start a worker agent beside an engine: it registers with the scheduler, serves the calls
     routed to it, and applies the scheduler's decisions to the engine's cache."""
     from agentflow.runtime.service.app import build_worker
@@ -130,7 +132,7 @@ def worker(scheduler, engine, worker_id, listen, advertise, preset, kv_tokens, h
                                        advertise=advertise if count == 1 else None, preset=preset,
                                        kv_tokens=kv_tokens, host_tokens=host_tokens, strategy=strategy,
                                        time_scale=time_scale, sglang_url=sglang_url,
-                                       transport=_transport(tls_cert, None, token, max_message_mb)))
+                                       transport=_transport(tls_cert, tls_key, token, max_message_mb)))
     except (ValueError, OSError) as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(2)

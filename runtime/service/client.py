@@ -140,7 +140,7 @@ class ServiceClient:
                              steps_to_execution=-1.0 if route.steps_to_execution == float("inf")
                              else route.steps_to_execution)
         stub = self._worker(route.worker_address)
-        stream = stub.Generate(convert.generate_to_pb(request, hints), timeout=None)
+        stream = stub.Generate(convert.generate_to_pb(request, hints), metadata=self.transport.metadata(), timeout=None)
         async for ev in stream:
             if ev.HasField("chunk"):
                 yield TokenChunk(call_id=request.call_id, token_ids=tuple(ev.chunk.token_ids), text=ev.chunk.text)

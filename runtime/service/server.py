@@ -64,7 +64,7 @@ class Transport:
         return (("authorization", f"Bearer {self.token}"),) if self.token else ()
 
 
-class _TokenCheck(grpc.aio.ServerInterceptor):
+class TokenCheck(grpc.aio.ServerInterceptor):
     def __init__(self, token: str):
         self._want = f"Bearer {token}"
 
@@ -323,7 +323,7 @@ class SchedulerServer:
         self._ticker: asyncio.Task | None = None
 
     async def start(self) -> int:
-        interceptors = [_TokenCheck(self.transport.token)] if self.transport.token else []
+        interceptors = [TokenCheck(self.transport.token)] if self.transport.token else []
         self._server = grpc.aio.server(interceptors=interceptors, options=self.transport.options())
         self.servicer = SchedulerServicer(self.core, self)
         pbg.add_SchedulerServicer_to_server(self.servicer, self._server)
@@ -376,4 +376,4 @@ class SchedulerServer:
         await self._server.wait_for_termination()
 
 
-__all__ = ["SchedulerServer", "SchedulerServicer", "Transport"]
+__all__ = ["SchedulerServer", "SchedulerServicer", "SubmitBatcher", "TokenCheck", "Transport"]

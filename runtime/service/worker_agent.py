@@ -27,7 +27,7 @@ import grpc
 from agentflow.runtime.engines.base import Engine, GenerateResult
 from agentflow.runtime.service import convert
 from agentflow.runtime.service.core import Code, ServiceError
-from agentflow.runtime.service.server import STATUS, Transport
+from agentflow.runtime.service.server import STATUS, TokenCheck, Transport
 from agentflow.v1 import service_pb2 as pb
 from agentflow.v1 import service_pb2_grpc as pbg
 
@@ -112,9 +112,15 @@ class WorkerAgent:
                              time_scale=self.config.time_scale)
 
     async def start(self) -> int:
-        self._server = grpc.aio.server(options=self.transport.options())
+        # The worker's own service (Generate) asks callers for the same token, and serves TLS when
+        # it has a key (clients then reach it with the CA they use for the scheduler).
+        interceptors = [TokenCheck(self.transport.token)] if self.transport.token else []
+        self._server = grpc.aio.server(interceptors=interceptors, options=self.transport.options())
         pbg.add_WorkerServicer_to_server(WorkerServicer(self), self._server)
-        self.port = self._server.add_insecure_port(self.config.listen)
+        if self.transport.tls_key:
+            self.port = self._server.add_secure_port(self.config.listen, self.transport.server_credentials())
+        else:
+            self.port = self._server.add_insecure_port(self.config.listen)
         if not self.port:
             raise OSError(f"cannot listen on {self.config.listen}")
         await self._server.start()

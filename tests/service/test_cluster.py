@@ -7,6 +7,8 @@ wall second). Real: every RPC, the scheduler, the journal (SQLite on disk), the 
 from __future__ import annotations
 
 import asyncio
+import shutil
+import subprocess
 import time
 from pathlib import Path
 
@@ -143,6 +145,37 @@ def test_a_bearer_token_is_required_when_set(tmp_path, spec_json):
         await bad.close()
         for a in agents:
             await a.stop(0)
+        await server.stop(0)
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command to make a test certificate")
+def test_tls_with_a_token_end_to_end(tmp_path):
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+                    "-days", "1", "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
+                   check=True, capture_output=True)
+    tls = Transport(tls_cert=str(cert), tls_key=str(key), token="s3cret")
+
+    async def scenario():
+        server, _ = build_scheduler(listen="127.0.0.1:0", transport=tls, time_scale=SCALE)
+        port = await server.start()
+        addr = f"127.0.0.1:{port}"
+        agent = build_worker(scheduler=addr, engine="sim", worker_id="w0", time_scale=SCALE, transport=tls)
+        await agent.start()
+        await agent.wait_registered()
+        client = ServiceClient(addr, transport=Transport(tls_cert=str(cert), token="s3cret"))
+        assert (await client.connect()).status == pb.HealthResponse.SERVING
+        programs = list(load_workload(WORKLOAD).programs[:2])
+        summary = await LiveReplay(programs, planning_graph(programs), client, time_scale=SCALE).run()
+        assert summary["programs"] == 2  # Generate on the worker went over TLS with the token too
+        plain = ServiceClient(addr, transport=Transport(token="s3cret"))  # no TLS: the handshake fails
+        with pytest.raises(Exception, match="no scheduler answers"):
+            await plain.connect(timeout_s=1.0)
+        await client.close()
+        await plain.close()
+        await agent.stop(0)
         await server.stop(0)
 
     asyncio.run(scenario())
