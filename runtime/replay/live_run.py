@@ -101,11 +101,15 @@ async def _in_process(setup, policy, programs, plan, progress, *, run_id):
     engines = [make_engine(setup.engine, name=f"w{i}", preset=setup.preset, kv_tokens=setup.kv_capacity_tokens,
                            host_tokens=setup.host_capacity_tokens, time_scale=setup.time_scale,
                            sglang_url=setup.sglang_url) for i in range(setup.workers)]
+    for e in engines:  # one real server serves every policy in turn: each starts from an empty cache
+        flush = getattr(e, "flush_cache", None)
+        if flush is not None:
+            await flush()
     client = InProcessClient(engines, policy=policy, time_scale=setup.time_scale)
     try:
         replay = LiveReplay(programs, plan, client, time_scale=setup.time_scale, num_in_flight=setup.concurrency,
                             seed=setup.seed, run_id=run_id, on_progress=progress,
-                            vocab_size=getattr(engines[0], "vocab_size", DEFAULT_VOCAB_SIZE))
+                            vocab_size=getattr(engines[0], "vocab_size", None) or DEFAULT_VOCAB_SIZE)
         return await replay.run()
     finally:
         await client.close()
