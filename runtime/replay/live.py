@@ -48,8 +48,8 @@ def prepare(program: Program, index: int, ids: TokenIds) -> list[LiveCall]:
     out = []
     for i, call in enumerate(program.calls):
         p_runs, o_run = runs[i]
-        prompt = tuple(int(x) for x in np.asarray(ids.ids(p_runs)))
-        output = tuple(int(x) for x in np.asarray(ids.ids([o_run]))) or (0,)
+        prompt = tuple(np.asarray(ids.ids(p_runs)).tolist())
+        output = tuple(np.asarray(ids.ids([o_run])).tolist()) or (0,)
         bounds, n = set(), 0
         for seg in call.segments:
             n += seg.num_tokens

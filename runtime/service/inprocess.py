@@ -51,6 +51,10 @@ class InProcessClient:
                 h2d_tokens_per_s=load.h2d_tokens_per_s, prefill_tokens_per_s=load.prefill_tokens_per_s,
                 time_scale=time_scale), load_report(e))
             self.core.sinks[e.name] = self._deliver
+        # Loads reach the core as the service's heartbeats bring them (between them, the core
+        # counts the calls it routed): the same information, at the same age, as over gRPC.
+        self.heartbeat_interval_s = cfg.heartbeat_interval_s
+        self._last_heartbeat = time.monotonic()
         self.retries = 0  # no worker fails in process; kept for LiveReplay's summary
         self.submit_ms: list[float] = []
 
@@ -62,8 +66,11 @@ class InProcessClient:
         return h
 
     async def submit(self, call: CallRequest) -> RouteAnswer:
-        for name, e in self.engines.items():  # what heartbeats carry in the service
-            self.core.heartbeat(name, load_report(e))
+        now = time.monotonic()
+        if now - self._last_heartbeat >= self.heartbeat_interval_s:  # as often as a worker agent's heartbeat
+            self._last_heartbeat = now
+            for name, e in self.engines.items():
+                self.core.heartbeat(name, load_report(e))
         t = time.perf_counter()
         ans = self.core.submit(call)
         self.submit_ms.append((time.perf_counter() - t) * 1000.0)

@@ -55,14 +55,20 @@ class WorkerServicer(pbg.WorkerServicer):
         except ServiceError as exc:
             await context.abort(STATUS[exc.code], str(exc))
         agent = self.agent
-        await agent.report(pb.ReportCallRequest(call_id=req.call_id, worker_id=agent.config.worker_id,
-                                                kind=pb.ReportCallRequest.STARTED), required=False)
+        # STARTED goes out while the engine works (not a round trip before the first token); it
+        # is awaited before FINISHED so the scheduler sees them in order.
+        started = asyncio.ensure_future(agent.report(pb.ReportCallRequest(
+            call_id=req.call_id, worker_id=agent.config.worker_id, kind=pb.ReportCallRequest.STARTED), required=False))
         result: GenerateResult | None = None
-        async for item in agent.engine.generate(req):
-            if isinstance(item, GenerateResult):
-                result = item
-            else:
-                yield pb.GenerateEvent(chunk=pb.TokenChunk(token_ids=list(item.token_ids), text=item.text))
+        try:
+            async for item in agent.engine.generate(req):
+                if isinstance(item, GenerateResult):
+                    result = item
+                else:
+                    yield pb.GenerateEvent(chunk=pb.TokenChunk(token_ids=list(item.token_ids), text=item.text))
+        finally:
+            with contextlib.suppress(Exception):
+                await started
         if result is None:
             await context.abort(grpc.StatusCode.INTERNAL, f"engine {agent.engine.name} returned no result")
         await agent.report(pb.ReportCallRequest(

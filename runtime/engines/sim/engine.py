@@ -457,7 +457,7 @@ class SimEngine:
         w = self.worker
         self._land_transfers()
         resident = ()
-        if len(self._tokens_of) <= 4096:  # "if cheap to list"
+        if len(self._tokens_of) <= 256:  # "if cheap to list": a peek per key, and heartbeats ask often
             resident = tuple(k for k, (seq, n) in self._tokens_of.items()
                              if n and w.gpu.peek_prefix(seq[: n * B]).num_tokens >= n)
         return EngineLoad(kv_capacity_tokens=w.capacity, kv_used_tokens=w.used_tokens,
