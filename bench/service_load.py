@@ -230,7 +230,8 @@ def main() -> int:
     ap.add_argument("--latency-clients", type=int, default=2)
     ap.add_argument("--programs", type=int, default=48)
     ap.add_argument("--in-flight", type=int, default=24)
-    ap.add_argument("--time-scale", type=float, default=20.0)
+    ap.add_argument("--time-scale", type=float, default=10.0,
+                    help="simulated seconds per wall second (both runs; lower = less CPU-bound, slower)")
     ap.add_argument("--preset", default="llama-3.1-8b-h100")
     ap.add_argument("--kv-tokens", type=int, default=None)
     ap.add_argument("--policy", default="agentflow")

@@ -289,11 +289,95 @@ def preset_names() -> list[str]:
     return sorted(PRESETS)
 
 
+# ---- measured presets: a real engine on this machine's CPU --------------------------------------
+
+class MeasuredCostModel:
+    """The CostModel of an engine whose steps were timed (scripts/calibrate_local.py): the local
+    engine (runtime/engines/local) serving SmolLM2-135M on a CPU. A step's seconds, fitted by
+    weighted least squares (relative error) on hundreds of real steps, are
+
+        overhead + a*P + b*[P > 0] + c*P*(C - P/2) + d*C + e*D + f*K
+
+    with P prefill tokens over C context tokens (summed over the chunk's sequences), D decoding
+    sequences over K context tokens: the linear layers and the LM head per packed row (a, e; the
+    LM head runs once per prefill that ends and once per decode row), causal attention pairs (c),
+    the KV gathered from the pool per context token (d, f). KV geometry, the pool and the host tier
+    are the engine's defaults, so a replay with this preset simulates that engine."""
+
+    def __init__(self, name: str, data: dict):
+        self.name = name
+        self.data = data
+        c = data["coefficients"]
+        self._k = (c["overhead_s"], c["s_per_prefill_token"], c["s_per_prefill"], c["s_per_attention_pair"],
+                   c["s_per_prefill_context_token"], c["s_per_decode_seq"], c["s_per_decode_context_token"])
+        self.kv_bytes_per_token = int(data["kv_bytes_per_token"])
+        self.kv_capacity_tokens = int(data["kv_capacity_tokens"])
+        self.host_capacity_tokens = int(data["host_capacity_tokens"])
+        self.h2d_tokens_per_s = float(data["h2d_tokens_per_s"])
+        self.d2h_tokens_per_s = float(data["d2h_tokens_per_s"])
+        self.chunk_tokens = int(data["chunk_tokens"])
+        self.fit_error = data.get("fit_error", {})
+
+    def iteration_time_s(self, *, prefill_tokens: int, prefill_context_tokens: int, decode_seqs: int,
+                         decode_context_tokens: int) -> float:
+        if min(prefill_tokens, prefill_context_tokens, decode_seqs, decode_context_tokens) < 0:
+            raise ValueError("iteration token counts must be >= 0")
+        p, d = prefill_tokens, decode_seqs
+        if p == 0 and d == 0:
+            return 0.0
+        t0, a, b, c, dc, e, f = self._k
+        ctx = max(prefill_context_tokens, p)
+        return (t0 + a * p + (b if p else 0.0) + c * p * (ctx - p / 2.0) + dc * (ctx if p else 0)
+                + e * d + f * decode_context_tokens)
+
+    def prefill_time_s(self, num_tokens: int, cached_tokens: int = 0) -> float:
+        """Alone on the engine, in chunks of the engine's `chunk_tokens`."""
+        if num_tokens < 0 or cached_tokens < 0:
+            raise ValueError(f"num_tokens and cached_tokens must be >= 0 (got {num_tokens}, {cached_tokens})")
+        total, done = 0.0, 0
+        while done < num_tokens:
+            p = min(self.chunk_tokens, num_tokens - done)
+            total += self.iteration_time_s(prefill_tokens=p, prefill_context_tokens=cached_tokens + done + p,
+                                           decode_seqs=0, decode_context_tokens=0)
+            done += p
+        return total
+
+    def transfer_time_s(self, num_tokens: int, *, to_gpu: bool = True) -> float:
+        return num_tokens / (self.h2d_tokens_per_s if to_gpu else self.d2h_tokens_per_s)
+
+    def __repr__(self) -> str:
+        return f"MeasuredCostModel({self.name!r}, kv_capacity_tokens={self.kv_capacity_tokens})"
+
+
+# name -> the measurement file under data/ (written by scripts/calibrate_local.py)
+MEASURED_PRESETS: dict[str, str] = {"smollm2-135m-cpu": "smollm2-135m-cpu.json"}
+
+
+def load_measured(name: str) -> dict:
+    import json
+    from importlib import resources
+
+    text = resources.files("agentflow.runtime.engines.sim").joinpath("data", MEASURED_PRESETS[name]).read_text()
+    data = json.loads(text)
+    if data.get("format") != "agentflow.measured-cost-model":
+        raise ValueError(f"{MEASURED_PRESETS[name]} is not an agentflow.measured-cost-model file")
+    return data
+
+
+def all_preset_names() -> list[str]:
+    """The GPU presets (preset_names) and the measured ones."""
+    return sorted(set(PRESETS) | set(MEASURED_PRESETS))
+
+
 def make_cost_model(name: str = DEFAULT_PRESET, *, calibration: Calibration | None = None,
-                    **assumptions) -> VidurCostModel:
+                    **assumptions) -> VidurCostModel | MeasuredCostModel:
     """The cost model of a named preset; keyword arguments override its Assumptions fields."""
+    if name in MEASURED_PRESETS:
+        if assumptions:
+            raise ValueError(f"preset {name!r} is measured: it has no assumptions to override")
+        return MeasuredCostModel(name, load_measured(name))
     if name not in PRESETS:
-        raise ValueError(f"unknown cost-model preset {name!r}; valid: {', '.join(preset_names())}")
+        raise ValueError(f"unknown cost-model preset {name!r}; valid: {', '.join(all_preset_names())}")
     preset = PRESETS[name]
     if assumptions:
         valid = set(Assumptions.__dataclass_fields__)
@@ -305,5 +389,6 @@ def make_cost_model(name: str = DEFAULT_PRESET, *, calibration: Calibration | No
 
 
 __all__ = ["A100_SXM", "Assumptions", "DEFAULT_PRESET", "GpuSpec", "H100_SXM", "IterationCost",
-           "PRESETS", "Preset", "VidurCostModel", "make_cost_model", "preset_names",
+           "MEASURED_PRESETS", "MeasuredCostModel", "PRESETS", "Preset", "VidurCostModel", "all_preset_names",
+           "load_measured", "make_cost_model", "preset_names",
            "sglang_mem_fraction_static"]

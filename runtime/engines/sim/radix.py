@@ -38,6 +38,13 @@ Behaviour kept from SGLang (each line names where it comes from)
       `hit_count`), so SGLang's own strategy classes run on it unchanged.
     * A namespace (SGLang's `extra_key`) keeps trees apart: equal tokens under different
       namespaces never share a node.
+    * A node may carry a value, one entry per token (SGLang's `node.value`, the KV pool slot
+      indices; anything sliceable works, e.g. a tensor). `insert(..., value=v)` hangs the
+      uncached tail of `v` on the new leaf, a split cuts the value with the key, and `evict`
+      hands each node's value back in its `Eviction` so the caller can free the slots (and its
+      parent, whose chain of keys gives the evicted tokens' full path, e.g. to write them back to a
+      host tier). The
+      simulated worker stores no values (None everywhere).
 
 Time
 ----
@@ -115,7 +122,7 @@ class Node:
     """One run of pages in the tree. Read its fields; mutate it only through RadixCache."""
 
     __slots__ = ("id", "parent", "children", "key", "num_tokens", "end", "namespace", "lock_ref",
-                 "priority", "last_access_time", "creation_time", "hit_count", "evicted")
+                 "priority", "last_access_time", "creation_time", "hit_count", "evicted", "value")
 
     def __init__(self, node_id: int, parent: Node | None, key: bytes, end: int, namespace: Hashable,
                  priority: int, now: Any):
@@ -132,6 +139,7 @@ class Node:
         self.creation_time = now
         self.hit_count = 0
         self.evicted = False
+        self.value: Any = None  # one entry per token of `key` (pool slots), or None
 
     @property
     def start(self) -> int:
@@ -219,6 +227,8 @@ class Eviction:
     key: bytes  # the node's own tokens, packed
     priority: int
     last_access_time: Any
+    value: Any = None  # the node's value (its pool slots, to free), None when it had none
+    parent: Any = None  # the node's parent at eviction (its key and ancestors stay readable)
 
     def tokens(self) -> tuple[int, ...]:
         return unpack_tokens(self.key)
@@ -328,8 +338,13 @@ class RadixCache:
             node = child
         return MatchResult(off // TOKEN_BYTES, node)
 
-    def insert(self, key: TokenKey, priority: int | None = 0, namespace: Hashable = None) -> InsertResult:
-        """Cache `key` (whole pages). Walked nodes' priorities rise to `priority`; none falls."""
+    def insert(self, key: TokenKey, priority: int | None = 0, namespace: Hashable = None,
+               value: Any = None) -> InsertResult:
+        """Cache `key` (whole pages). Walked nodes' priorities rise to `priority`; none falls.
+
+        `value` (one entry per token of `key`, sliceable) is stored on the new leaf only, as its
+        slice `value[num_prefix_tokens:]`: entries for tokens already cached stay with the
+        nodes that hold them (the caller frees its duplicates, as SGLang's `cache_finished_req`)."""
         key = self._aligned(key)
         priority = 0 if priority is None else priority
         now = self._clock()
@@ -359,6 +374,8 @@ class RadixCache:
             leaf = Node(next(self._ids), node, key[off:], node.end + (n - off) // TOKEN_BYTES,
                         node.namespace if node is not self._root else namespace, priority, self._clock())
             leaf.hit_count = 1
+            if value is not None:
+                leaf.value = value[off // TOKEN_BYTES: n // TOKEN_BYTES]
             node.children[self._child_key(key, off, node, namespace)] = leaf
             self._evictable_size += leaf.num_tokens
             self._update_leaf_status(node)
@@ -425,7 +442,7 @@ class RadixCache:
             x.evicted = True
             self._update_leaf_status(parent)
             evicted.append(Eviction(x.id, x.namespace, x.start, x.num_tokens, x.key, x.priority,
-                                    x.last_access_time))
+                                    x.last_access_time, x.value, parent))
             if not lazy and not parent.children and parent.lock_ref == 0:
                 heapq.heappush(heap, (get_priority(parent), parent.id, parent))
             # (lazy: _update_leaf_status(parent) above pushed it the moment it became a leaf)
@@ -493,6 +510,9 @@ class RadixCache:
         upper.creation_time = child.creation_time
         upper.lock_ref = child.lock_ref
         upper.hit_count = child.hit_count
+        if child.value is not None:
+            cut = m // TOKEN_BYTES
+            upper.value, child.value = child.value[:cut], child.value[cut:]
         parent.children[self._child_key(upper.key, 0, parent, child.namespace)] = upper
         child.key = child.key[m:]
         child.num_tokens = len(child.key) // TOKEN_BYTES
