@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections import OrderedDict
 from collections.abc import AsyncIterator, Hashable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -65,6 +64,7 @@ from agentflow.runtime.engines.local.cache import Hit, PrefixCache
 from agentflow.runtime.engines.local.forward import PackedForward, Segment
 from agentflow.runtime.engines.local.model import LoadedModel
 from agentflow.runtime.engines.local.pool import KVGeometry, SlotPool
+from agentflow.runtime.engines.prefix_book import PrefixBook
 from agentflow.runtime.engines.local.sampling import pick_tokens
 from agentflow.runtime.engines.sim.radix import TOKEN_BYTES as B
 from agentflow.runtime.engines.sim.radix import pack_tokens
@@ -144,12 +144,8 @@ class LocalEngine:
         self._by_call: dict[Hashable, _Seq] = {}
         self._rank: dict[Hashable, int] = {}
         self._cancelled: list[_Seq] = []  # running sequences to drop once the step returns
-        # prefix key -> (namespace, packed tokens); oldest first
-        self._tokens_of: OrderedDict[str, tuple[str, bytes]] = OrderedDict()
-        self._max_known = max_known_prefixes
-        self._parent_len: dict[str, int] = {}
-        self._prio: dict[str, int] = {}
         self._pins: dict[str, object] = {}  # key -> locked node
+        self.book = PrefixBook(max_known_prefixes, pinned=lambda key: key in self._pins)
         self._pinned_tokens = 0
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"local-engine-{name}")
         self._wake: asyncio.Event | None = None
@@ -187,17 +183,13 @@ class LocalEngine:
             raise EngineError(f"call {request.call_id!r} needs {need} KV tokens; the pool of {self.name} "
                               f"holds {self.pool.capacity_tokens} (raise kv_capacity_tokens)")
         tokens = pack_tokens(request.prompt_ids)
-        for ref in request.prefixes:
-            if ref.num_tokens > len(request.prompt_ids):
-                raise EngineError(f"prefix {ref.key!r} covers {ref.num_tokens} tokens of a "
-                                  f"{len(request.prompt_ids)}-token prompt")
+        self.book.learn(request.prefixes, request.namespace, tokens)  # raises on a prefix longer than the prompt
         gen = None
         if request.temperature > 0 and not forced:
             gen = torch.Generator()
             gen.manual_seed(request.seed if request.seed is not None else torch.seed())
         seq = _Seq(request=request, tokens=tokens, max_new=max_new, submitted_s=self._clock.now_s(),
                    changed=changed, order=next(self._order), generator=gen)
-        self._learn(request.prefixes, request.namespace, tokens)
         return seq
 
     async def generate(self, request: GenerateRequest) -> AsyncIterator[TokenChunk | GenerateResult]:
@@ -413,7 +405,7 @@ class LocalEngine:
         seq.hit = None
         last = req.prefixes[-1] if req.prefixes else None
         key = prefix_key(ns, tuple(req.prompt_ids) + tuple(seq.output))
-        self._remember(key, ns, full, last.num_tokens if last else 0)
+        self.book.remember(key, ns, full, len(full) // B, last.num_tokens if last else 0)
         if req.priority is not None:
             self._set_priority(ns, full, req.priority, last.num_tokens if last else 0)
         for ref in req.prefixes:  # the sequence was just inserted: its prefixes keep their priorities
@@ -461,26 +453,6 @@ class LocalEngine:
         self.step_log.append((pre, pre_ctx, dec, dec_ctx, dt))
 
     # ---- prefixes ------------------------------------------------------------------------------
-    def _learn(self, refs: Sequence[PrefixRef], namespace: str, tokens: bytes) -> None:
-        parent_len = 0
-        for ref in refs:
-            self._remember(ref.key, ref.namespace or namespace, tokens[: ref.num_tokens * B], parent_len)
-            parent_len = ref.num_tokens
-
-    def _remember(self, key: str, namespace: str, tokens: bytes, parent_len: int) -> None:
-        if key in self._tokens_of:
-            self._tokens_of.move_to_end(key)
-        else:
-            self._tokens_of[key] = (namespace, tokens)
-            while len(self._tokens_of) > self._max_known:  # forget the oldest unpinned key
-                old = next((k for k in self._tokens_of if k not in self._pins), None)
-                if old is None:
-                    break
-                del self._tokens_of[old]
-                self._parent_len.pop(old, None)
-                self._prio.pop(old, None)
-        self._parent_len.setdefault(key, parent_len)
-
     def _set_priority(self, namespace: str, tokens: bytes, priority: int, above_tokens: int) -> bool:
         """Priority of the nodes holding `tokens` beyond `above_tokens` (read-only walk: no access,
         no split; as the simulated worker's set_priority)."""
@@ -491,16 +463,15 @@ class LocalEngine:
         return False
 
     def _apply_priority(self, key: str) -> None:
-        p = self._prio.get(key)
-        entry = self._tokens_of.get(key) if p is not None else None
-        if entry is not None:
-            self._set_priority(entry[0], entry[1], p, self._parent_len.get(key, 0))
+        known = self.book.get(key)
+        if known is not None and known.priority is not None:
+            self._set_priority(known.namespace, known.tokens(), known.priority, known.parent_tokens)
 
     def _pin(self, key: str) -> None:
-        entry = self._tokens_of.get(key)
-        if key in self._pins or entry is None or not entry[1]:
+        known = self.book.get(key)
+        if key in self._pins or known is None or not known.num_tokens:
             return
-        ns, tokens = entry
+        ns, tokens = known.namespace, known.tokens()
         m = self.cache.tree.match_prefix(tokens, ns)
         if m.num_tokens == len(tokens) // B:
             self.cache.tree.inc_lock_ref(m.last_node)
@@ -524,14 +495,13 @@ class LocalEngine:
         for pin in decision.pins:
             if pin.worker in mine:
                 self._pin(pin.prefix)
-        for pr in sorted(decision.priorities, key=lambda x: self._parent_len.get(x.prefix, 0)):
-            if pr.prefix in self._tokens_of:
-                self._prio[pr.prefix] = pr.priority
+        for pr in sorted(decision.priorities, key=lambda x: self.book.depth(x.prefix)):
+            if self.book.set_priority(pr.prefix, pr.priority) is not None:
                 self._apply_priority(pr.prefix)
         for f in decision.prefetches:
-            entry = self._tokens_of.get(f.prefix)
-            if (f.worker == self.name and entry is not None and self.cache.host is not None
-                    and self.cache.prefetch(entry[1], entry[0])):
+            known = self.book.get(f.prefix)
+            if (f.worker == self.name and known is not None and self.cache.host is not None
+                    and self.cache.prefetch(known.tokens(), known.namespace)):
                 self._apply_priority(f.prefix)
         if decision.admit:
             self._rank = {c: i for i, c in enumerate(decision.admit)}
@@ -540,9 +510,9 @@ class LocalEngine:
 
     def load(self) -> EngineLoad:
         resident = ()
-        if len(self._tokens_of) <= 4096:  # "if cheap to list"
-            resident = tuple(k for k, (ns, t) in self._tokens_of.items()
-                             if t and self.cache.resident_tokens(t, ns) >= len(t) // B)
+        if len(self.book) <= 256:  # "if cheap to list": a walk per key, and heartbeats ask often
+            resident = tuple(k for k, kp in self.book.items()
+                             if kp.num_tokens and self.cache.resident_tokens(kp.tokens(), kp.namespace) >= kp.num_tokens)
         host = self.cache.host
         return EngineLoad(kv_capacity_tokens=self.pool.capacity_tokens, kv_used_tokens=self.pool.num_used,
                           host_capacity_tokens=host.capacity_tokens if host is not None else 0,

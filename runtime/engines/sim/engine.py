@@ -48,7 +48,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import random
-from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Sequence
 from dataclasses import dataclass
 
@@ -62,6 +61,7 @@ from agentflow.runtime.engines.base import (
     TokenChunk,
     prefix_key,
 )
+from agentflow.runtime.engines.prefix_book import PrefixBook
 from agentflow.runtime.engines.sim.interfaces import CostModel
 from agentflow.runtime.engines.sim.radix import TOKEN_BYTES as B
 from agentflow.runtime.engines.sim.radix import pack_tokens
@@ -137,10 +137,7 @@ class SimEngine:
         self._pending: dict[Hashable, _Pending] = {}
         self._rank: dict[Hashable, int] = {}
         # prefix key -> (a packed sequence that starts with it, its length in tokens); oldest first
-        self._tokens_of: OrderedDict[str, tuple[bytes, int]] = OrderedDict()
-        self._max_known = max_known_prefixes
-        self._parent_len: dict[str, int] = {}
-        self._prio: dict[str, int] = {}
+        self.book = PrefixBook(max_known_prefixes, pinned=lambda key: key in self.worker.pins)
         self._transfers: list[tuple[float, str]] = []  # (lands at, simulated s; prefix key)
         self._words: dict[int, str] = dict(zip(_VOCAB_IDS, _VOCAB, strict=True))
         self._ids: dict[str, int] = dict(zip(_VOCAB, _VOCAB_IDS, strict=True))
@@ -207,7 +204,7 @@ class SimEngine:
         out_ids = request.forced_output_ids or self._output_of(request)
         sim = SimRequest(call_id=request.call_id, program_id=request.program_id, tokens=prompt,
                          output_ids=pack_tokens(out_ids), submitted_s=self.now_s())
-        self._learn(request.prefixes, prompt)
+        self.book.learn(request.prefixes, request.namespace, prompt)
         p = _Pending(request=request, sim=sim, output_ids=tuple(out_ids), changed=asyncio.Event())
         self._pending[request.call_id] = p
         self.worker.waiting.append(sim)
@@ -363,7 +360,7 @@ class SimEngine:
         full = sim.full
         key = prefix_key(req.namespace, tuple(req.prompt_ids) + p.output_ids)
         last = req.prefixes[-1] if req.prefixes else None
-        self._remember(key, full, len(full) // B, last.num_tokens if last else 0)
+        self.book.remember(key, req.namespace, full, len(full) // B, last.num_tokens if last else 0)
         if req.priority is not None:
             self.worker.set_priority(full, req.priority, last.num_tokens if last else 0)
         for ref in req.prefixes:  # the sequence was just inserted: its prefixes keep their priorities
@@ -371,41 +368,14 @@ class SimEngine:
         p.changed.set()
 
     # ---- prefixes ------------------------------------------------------------------------------
-    def _learn(self, refs: Sequence[PrefixRef], prompt: bytes) -> None:
-        parent_len = 0
-        for ref in refs:
-            if ref.num_tokens > len(prompt) // B:
-                raise EngineError(f"prefix {ref.key!r} covers {ref.num_tokens} tokens of a "
-                                  f"{len(prompt) // B}-token prompt")
-            self._remember(ref.key, prompt, ref.num_tokens, parent_len)
-            parent_len = ref.num_tokens
-
-    def _remember(self, key: str, seq: bytes, n: int, parent_len: int) -> None:
-        if key in self._tokens_of:
-            self._tokens_of.move_to_end(key)
-        else:
-            self._tokens_of[key] = (seq, n)
-            while len(self._tokens_of) > self._max_known:  # forget the oldest unpinned key
-                old = next((k for k in self._tokens_of if k not in self.worker.pins), None)
-                if old is None:
-                    break
-                del self._tokens_of[old]
-                self._parent_len.pop(old, None)
-                self._prio.pop(old, None)
-        self._parent_len.setdefault(key, parent_len)
-
     def _tokens(self, key: str) -> bytes | None:
-        entry = self._tokens_of.get(key)
-        if entry is None:
-            return None
-        seq, n = entry
-        return seq if len(seq) == n * B else seq[: n * B]
+        known = self.book.get(key)
+        return known.tokens() if known is not None else None
 
     def _apply_priority(self, key: str) -> None:
-        p = self._prio.get(key)
-        tokens = self._tokens(key) if p is not None else None
-        if tokens is not None:
-            self.worker.set_priority(tokens, p, self._parent_len.get(key, 0))
+        known = self.book.get(key)
+        if known is not None and known.priority is not None:
+            self.worker.set_priority(known.tokens(), known.priority, known.parent_tokens)
 
     def _land_transfers(self) -> None:
         if not self._transfers:
@@ -431,14 +401,14 @@ class SimEngine:
         self._land_transfers()
         for u in decision.unpins:
             if u.worker in mine:
-                w.unpin(u.prefix, self._tokens_of.get(u.prefix, (b"", 0))[1])
+                known = self.book.get(u.prefix)
+                w.unpin(u.prefix, known.num_tokens if known is not None else 0)
         for pin in decision.pins:
             tokens = self._tokens(pin.prefix)
             if pin.worker in mine and tokens is not None:
                 w.pin(pin.prefix, tokens)
-        for pr in sorted(decision.priorities, key=lambda x: self._parent_len.get(x.prefix, 0)):
-            if pr.prefix in self._tokens_of:
-                self._prio[pr.prefix] = pr.priority
+        for pr in sorted(decision.priorities, key=lambda x: self.book.depth(x.prefix)):
+            if self.book.set_priority(pr.prefix, pr.priority) is not None:
                 self._apply_priority(pr.prefix)
         now = self.now_s()
         for f in decision.prefetches:
@@ -457,9 +427,9 @@ class SimEngine:
         w = self.worker
         self._land_transfers()
         resident = ()
-        if len(self._tokens_of) <= 256:  # "if cheap to list": a peek per key, and heartbeats ask often
-            resident = tuple(k for k, (seq, n) in self._tokens_of.items()
-                             if n and w.gpu.peek_prefix(seq[: n * B]).num_tokens >= n)
+        if len(self.book) <= 256:  # "if cheap to list": a peek per key, and heartbeats ask often
+            resident = tuple(k for k, kp in self.book.items()
+                             if kp.num_tokens and w.gpu.peek_prefix(kp.tokens()).num_tokens >= kp.num_tokens)
         return EngineLoad(kv_capacity_tokens=w.capacity, kv_used_tokens=w.used_tokens,
                           host_capacity_tokens=w.host_capacity, h2d_tokens_per_s=self.cost.h2d_tokens_per_s,
                           prefill_tokens_per_s=self.prefill_tokens_per_s, queue_depth=len(w.waiting),
