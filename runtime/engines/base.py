@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import hashlib
 from array import array
-from collections.abc import AsyncIterator, Hashable, Sequence
+from collections.abc import AsyncIterator, Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -110,6 +110,21 @@ class EngineError(Exception):
     """An engine could not run a request (bad input, out of memory it cannot free, engine gone)."""
 
 
+async def collect(stream: AsyncIterator[TokenChunk | GenerateResult], *, where: str, call_id: Hashable,
+                  on_chunk: Callable[[TokenChunk], None] | None = None) -> GenerateResult:
+    """Drain a `generate()` stream (an engine's, or a worker's over gRPC): hand each chunk to
+    `on_chunk`, return the result; a stream that ends without one is an error naming `where`."""
+    result = None
+    async for item in stream:
+        if isinstance(item, GenerateResult):
+            result = item
+        elif on_chunk is not None:
+            on_chunk(item)
+    if result is None:
+        raise RuntimeError(f"{where} ended call {call_id} without a result")
+    return result
+
+
 @runtime_checkable
 class Engine(Protocol):
     name: str
@@ -132,5 +147,5 @@ class Engine(Protocol):
     async def aclose(self) -> None: ...
 
 
-__all__ = ["Engine", "EngineError", "EngineLoad", "GenerateRequest", "GenerateResult", "TokenChunk",
+__all__ = ["Engine", "EngineError", "EngineLoad", "GenerateRequest", "GenerateResult", "TokenChunk", "collect",
            "prefix_chain", "prefix_key"]

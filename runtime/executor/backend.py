@@ -28,7 +28,7 @@ import anyio
 
 from agentflow.runtime.clock import Clock
 from agentflow.runtime.decision import Decision
-from agentflow.runtime.engines.base import Engine, GenerateRequest, GenerateResult, TokenChunk
+from agentflow.runtime.engines.base import Engine, GenerateRequest, GenerateResult, TokenChunk, collect
 from agentflow.runtime.events import (
     CallFinished, CallStarted, CallSubmitted, Event, ProgramArrived, ProgramFinished, ToolFinished, ToolStarted,
     WorkerUpdate,
@@ -101,15 +101,8 @@ class InProcessBackend:
     async def call(self, request: GenerateRequest, *, step: str, expected_output_tokens: int,
                    on_chunk: Callable[[TokenChunk], None] | None = None) -> tuple[str, GenerateResult]:
         worker = await self._submit(request, step=step, expected_output_tokens=expected_output_tokens)
-        result = None
-        async for item in self._generate(request, worker):
-            if isinstance(item, TokenChunk):
-                if on_chunk is not None:
-                    on_chunk(item)
-            else:
-                result = item
-        if result is None:
-            raise RuntimeError(f"worker {worker} ended call {request.call_id} without a result")
+        result = await collect(self._generate(request, worker), where=f"worker {worker}", call_id=request.call_id,
+                               on_chunk=on_chunk)
         return worker, result
 
     async def _submit(self, request: GenerateRequest, *, step: str, expected_output_tokens: int) -> str:

@@ -25,7 +25,7 @@ from dataclasses import replace
 
 import grpc
 
-from agentflow.runtime.engines.base import GenerateRequest, GenerateResult, TokenChunk
+from agentflow.runtime.engines.base import GenerateRequest, GenerateResult, TokenChunk, collect
 from agentflow.runtime.service import convert
 from agentflow.runtime.service.core import CallRequest, RouteAnswer
 from agentflow.runtime.service.server import Transport
@@ -154,14 +154,8 @@ class ServiceClient:
         route = await self.submit(call)
         for attempt in (0, 1):
             try:
-                result = None
-                async for item in self.generate(route, request):
-                    if isinstance(item, GenerateResult):
-                        result = item
-                    elif on_chunk is not None:
-                        on_chunk(item)
-                if result is None:
-                    raise RuntimeError(f"worker {route.worker_id} ended call {call.call_id} without a result")
+                result = await collect(self.generate(route, request), where=f"worker {route.worker_id}",
+                                       call_id=call.call_id, on_chunk=on_chunk)
                 return route, result
             except grpc.aio.AioRpcError as exc:
                 if attempt == 1 or exc.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED,

@@ -22,7 +22,7 @@ import time
 from collections.abc import Sequence
 
 from agentflow.runtime.clock import ScaledClock
-from agentflow.runtime.engines.base import Engine, GenerateRequest, GenerateResult
+from agentflow.runtime.engines.base import Engine, GenerateRequest, GenerateResult, collect
 from agentflow.runtime.service.core import CallRequest, CoreConfig, LoadReport, RouteAnswer, ServiceCore, WorkerSpec
 
 
@@ -81,15 +81,9 @@ class InProcessClient:
         route = await self.submit(call)
         engine = self.engines[route.worker_id]
         self.core.call_started(call.call_id, route.worker_id)
-        result = None
         try:
-            async for item in engine.generate(request):
-                if isinstance(item, GenerateResult):
-                    result = item
-                elif on_chunk is not None:
-                    on_chunk(item)
-            if result is None:
-                raise RuntimeError(f"engine {engine.name} ended call {call.call_id} without a result")
+            result = await collect(engine.generate(request), where=f"engine {engine.name}", call_id=call.call_id,
+                                   on_chunk=on_chunk)
         except BaseException as exc:  # cancelled, or the engine failed: the call leaves the scheduler
             self.core.call_failed(call.call_id, route.worker_id, type(exc).__name__)
             raise
