@@ -188,62 +188,45 @@ class SchedulerServicer(pbg.SchedulerServicer):
         return convert.answer_to_pb(ans)
 
     async def SubmitCalls(self, request_iterator, context):
-        # Answers go back in the order the requests came; each is an answer or an error naming
-        # its call (one bad request does not end the stream).
-        pending: asyncio.Queue = asyncio.Queue()
-
-        async def pump():
-            async for m in request_iterator:
-                try:
-                    fut = self.batcher.enqueue(convert.call_from_pb(m))
-                except ServiceError as exc:
-                    fut = asyncio.get_running_loop().create_future()
-                    fut.set_result(exc)
-                pending.put_nowait((m.call_id, fut))
-            pending.put_nowait(None)
-
-        task = asyncio.ensure_future(pump())
-        try:
-            while (item := await pending.get()) is not None:
-                call_id, fut = item
-                a = await fut
-                if isinstance(a, ServiceError):
-                    yield pb.SubmitCallResponse(call_id=call_id, error=str(a), error_code=STATUS[a.code].value[0])
-                else:
-                    yield convert.answer_to_pb(a)
-            await task  # the request stream's own errors surface here
-        finally:
-            task.cancel()
+        async with contextlib.aclosing(self._in_order(request_iterator, lambda m: (m,))) as answers:
+            async for (a,) in answers:
+                yield a
 
     async def SubmitCallBatches(self, request_iterator, context):
-        pending: asyncio.Queue = asyncio.Queue()
+        async with contextlib.aclosing(self._in_order(request_iterator, lambda b: b.calls)) as answers:
+            async for batch in answers:
+                yield pb.SubmitCallBatchResponse(answers=batch)
 
-        def refused(exc: ServiceError) -> asyncio.Future:
+    def _enqueue(self, m: pb.SubmitCallRequest) -> asyncio.Future:
+        """The submission's future answer; a malformed one is answered at once with its error."""
+        try:
+            return self.batcher.enqueue(convert.call_from_pb(m))
+        except ServiceError as exc:
             fut = asyncio.get_running_loop().create_future()
             fut.set_result(exc)
             return fut
 
+    async def _in_order(self, messages, calls_of):
+        """The streaming submissions: every call of every message goes to the batcher as it
+        arrives; answers come back per message, in the order of the messages and of their calls,
+        each an answer or an error naming its call (one bad request does not end the stream)."""
+        pending: asyncio.Queue = asyncio.Queue()
+
         async def pump():
-            async for batch in request_iterator:
-                futs = []
-                for m in batch.calls:
-                    try:
-                        futs.append((m.call_id, self.batcher.enqueue(convert.call_from_pb(m))))
-                    except ServiceError as exc:
-                        futs.append((m.call_id, refused(exc)))
-                pending.put_nowait(futs)
+            async for msg in messages:
+                pending.put_nowait([(m.call_id, self._enqueue(m)) for m in calls_of(msg)])
             pending.put_nowait(None)
 
         task = asyncio.ensure_future(pump())
         try:
             while (futs := await pending.get()) is not None:
-                answers = []
+                out = []
                 for call_id, fut in futs:
                     a = await fut
-                    answers.append(pb.SubmitCallResponse(call_id=call_id, error=str(a), error_code=STATUS[a.code].value[0])
-                                   if isinstance(a, ServiceError) else convert.answer_to_pb(a))
-                yield pb.SubmitCallBatchResponse(answers=answers)
-            await task
+                    out.append(pb.SubmitCallResponse(call_id=call_id, error=str(a), error_code=STATUS[a.code].value[0])
+                               if isinstance(a, ServiceError) else convert.answer_to_pb(a))
+                yield out
+            await task  # the request stream's own errors surface here
         finally:
             task.cancel()
 

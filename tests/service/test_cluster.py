@@ -179,3 +179,45 @@ def test_tls_with_a_token_end_to_end(tmp_path):
         await server.stop(0)
 
     asyncio.run(scenario())
+
+
+def test_streamed_submissions_are_answered_in_order_each_with_its_own_error(tmp_path, spec_json):
+    async def scenario():
+        server, addr, agents = await _cluster(tmp_path, n_workers=1)
+        ch = grpc.aio.insecure_channel(addr)
+        stub = pbg.SchedulerStub(ch)
+        for pid in ("p", "q"):
+            await stub.OpenProgram(pb.OpenProgramRequest(program_id=pid, workflow_spec=spec_json))
+
+        def calls(tag):
+            return [pb.SubmitCallRequest(program_id="p", call_id=f"{tag}1", step="think", prompt_tokens=5),
+                    pb.SubmitCallRequest(program_id="p", call_id=f"{tag}2", step="think", prompt_tokens=5,
+                                         prefixes=[pb.Prefix(key="k", num_tokens=9)]),
+                    pb.SubmitCallRequest(program_id="ghost", call_id=f"{tag}3", step="think"),
+                    pb.SubmitCallRequest(program_id="q", call_id=f"{tag}4", step="think", prompt_tokens=5)]
+
+        async def one_by_one():
+            for m in calls("s"):
+                yield m
+
+        streamed = [a async for a in stub.SubmitCalls(one_by_one())]
+
+        async def two_batches():
+            batch = calls("b")
+            yield pb.SubmitCallBatch(calls=batch[:3])
+            yield pb.SubmitCallBatch(calls=batch[3:])
+
+        batched = [r async for r in stub.SubmitCallBatches(two_batches())]
+        assert [len(r.answers) for r in batched] == [3, 1]
+        for tag, answers in (("s", streamed), ("b", [a for r in batched for a in r.answers])):
+            assert [a.call_id for a in answers] == [f"{tag}{i}" for i in range(1, 5)]
+            ok1, bad, ghost, ok4 = answers
+            assert ok1.worker_id == ok4.worker_id == "w0" and not ok1.error and not ok4.error
+            assert bad.error.startswith("prefixes[0].num_tokens:") and bad.error_code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+            assert ghost.error.startswith("program_id:") and ghost.error_code == grpc.StatusCode.NOT_FOUND.value[0]
+        await ch.close()
+        for a in agents:
+            await a.stop(0)
+        await server.stop(0)
+
+    asyncio.run(scenario())
