@@ -170,14 +170,12 @@ class ServiceCore:
         self.workers: dict[str, _Worker] = {}
         self.programs: dict[str, _Program] = {}
         self.graphs: dict[str, StepGraph] = {}
-        self.specs: dict[str, str] = {}
         self.closed: OrderedDict[str, None] = OrderedDict()
         self.call_worker: dict[str, str] = {}  # routed calls -> worker
         self.sinks: dict[str, DecisionSink] = {}  # worker -> where its part of each decision goes
         self.decisions = 0
         self._started_wall = wall()
-        self._in_batch = False
-        self._batch_loads: dict[str, routing.WorkerLoad] | None = None
+        self._batch_loads: dict[str, routing.WorkerLoad] | None = None  # while submit_many routes
 
     # ================================================================ workers ===================
     def register_worker(self, spec: WorkerSpec, load: LoadReport = LoadReport()) -> None:
@@ -278,7 +276,6 @@ class ServiceCore:
         except (SpecError, WorkflowValidationError) as exc:
             raise ServiceError(Code.INVALID_ARGUMENT, str(exc), field="workflow_spec") from None
         self.graphs[h] = compiled.graph
-        self.specs[h] = spec
 
     def _program(self, program_id: str, fieldname: str = "program_id") -> _Program:
         prog = self.programs.get(program_id)
@@ -319,7 +316,7 @@ class ServiceCore:
                 except ServiceError as exc:
                     out.append(exc)
         self._step()
-        self._in_batch, self._batch_loads = True, None
+        self._batch_loads = {w.name: w for w in self._build_loads("")}
         try:
             for i, item in enumerate(out):
                 if isinstance(item, CallRequest):
@@ -328,7 +325,7 @@ class ServiceCore:
                     except ServiceError as exc:
                         out[i] = exc
         finally:
-            self._in_batch, self._batch_loads = False, None
+            self._batch_loads = None
         return out  # type: ignore[return-value]
 
     def _apply_submit(self, req: CallRequest) -> RouteAnswer | CallRequest:
@@ -410,8 +407,6 @@ class ServiceCore:
             loads = list(self._batch_loads.values())
         else:
             loads = self._build_loads(exclude)
-            if exclude == "" and self._batch_loads is None and self._in_batch:
-                self._batch_loads = {w.name: w for w in loads}
         if not loads:
             raise ServiceError(Code.UNAVAILABLE, "no worker is registered" + (f" besides {exclude!r}" if exclude else ""))
         return loads

@@ -105,9 +105,6 @@ class Journal:
             if seq is not None:
                 self._db.execute("UPDATE programs SET last_seq = ? WHERE program_id = ?", (seq, program_id))
 
-    def set_seq(self, program_id: str, seq: int) -> None:
-        self._db.execute("UPDATE programs SET last_seq = ? WHERE program_id = ?", (seq, program_id))
-
     def close_program(self, program_id: str) -> None:
         """Forget a closed program; its tool durations move to `tool_samples`. (An open program's
         durations live in its events only, so recovery, which replays those events, counts each

@@ -109,8 +109,6 @@ class SubmitBatcher:
         self._queue: list[tuple[object, asyncio.Future]] = []
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
-        self.batches = 0
-        self.submissions = 0
 
     def enqueue(self, req) -> asyncio.Future:
         fut = asyncio.get_running_loop().create_future()
@@ -135,8 +133,6 @@ class SubmitBatcher:
                 except Exception as exc:  # a bug must fail these calls, not the batcher
                     log.exception("submit batch failed")
                     answers = [ServiceError(Code.UNAVAILABLE, f"scheduler error: {exc}")] * len(batch)
-                self.batches += 1
-                self.submissions += len(batch)
                 for (_, fut), ans in zip(batch, answers, strict=True):
                     if not fut.done():
                         fut.set_result(ans)
