@@ -176,6 +176,7 @@ class ServiceCore:
         self.decisions = 0
         self._started_wall = wall()
         self._batch_loads: dict[str, routing.WorkerLoad] | None = None  # while submit_many routes
+        self._recovered_s: float | None = None  # wall time of a recovery whose workers may not come back
 
     # ================================================================ workers ===================
     def register_worker(self, spec: WorkerSpec, load: LoadReport = LoadReport()) -> None:
@@ -226,6 +227,9 @@ class ServiceCore:
         lost = [w for w, rec in self.workers.items() if now - rec.last_seen_s > self.config.worker_timeout_s]
         for w in lost:
             self.lose_worker(w)
+        if self._recovered_s is not None and now - self._recovered_s > self.config.worker_timeout_s:
+            self._recovered_s = None  # the journal's workers had their chance to register again
+            lost += self._lose_unregistered()
         return lost
 
     # ================================================================ programs ==================
@@ -588,7 +592,9 @@ class ServiceCore:
                 self.sched.step()
         finally:
             self.clock.fixed = None
-        # calls submitted and not finished: answer their repeats with a fresh route when asked
+        # calls submitted and not finished: answer their repeats with a fresh route when asked;
+        # calls and pins on workers that do not register again within the timeout: expire_workers
+        self._recovered_s = self.wall()
         return len(self.programs)
 
     def _replay(self, pid: str, kind: str, b: dict) -> None:
@@ -610,11 +616,16 @@ class ServiceCore:
         else:
             raise ValueError(f"journal: unknown event kind {kind!r}")
 
-    def forget_lost_calls(self) -> None:
-        """After recovery: calls started on workers that never came back go back to the queue."""
-        for w in {c.worker for c in self.sched.calls.values() if c.worker and c.worker not in self.workers}:
+    def _lose_unregistered(self) -> list[str]:
+        """After recovery: workers the journal's events name (calls started there, pins there) that
+        never registered again are lost: their calls go back to the queue, their pins end."""
+        gone = sorted({c.worker for c in self.sched.calls.values() if c.worker and c.worker not in self.workers}
+                      | {p.worker for p in self.sched.pins.values() if p.worker and p.worker not in self.workers})
+        for w in gone:
             self.sched.apply(WorkerLost(worker=w))
-        self._step()
+        if gone:
+            self._step()
+        return gone
 
 
 def _part_for(d: Decision, worker: str, call_worker: dict[str, str]) -> Decision | None:

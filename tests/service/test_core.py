@@ -10,7 +10,9 @@ import pytest
 
 from agentflow.runtime.clock import ManualClock
 from agentflow.runtime.prefixes import PrefixRef
-from agentflow.runtime.service.core import CallRequest, Code, CoreConfig, ServiceCore, ServiceError, WorkerSpec
+from agentflow.runtime.service.core import (
+    CallRequest, Code, CoreConfig, LoadReport, ServiceCore, ServiceError, WorkerSpec,
+)
 from agentflow.runtime.service.journal import Journal
 
 
@@ -209,7 +211,6 @@ def test_telemetry_sees_the_program_its_steps_calls_tools_and_decisions(spec_jso
     from opentelemetry.sdk.metrics.export import InMemoryMetricReader
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-    from agentflow.runtime.service.core import LoadReport
     from agentflow.runtime.service.telemetry import setup_telemetry
 
     spans, reader = InMemorySpanExporter(), InMemoryMetricReader()
@@ -253,3 +254,27 @@ def test_a_failed_or_cancelled_call_leaves_the_queue_and_the_workers_load(spec_j
     assert not core.sched.calls and not core.sched.waiting and core.workers["w1"].in_flight == 0
     assert not core.call_failed("p#0", "w1")  # over already: nothing to do
     assert core.submit(call("p", 1)).worker_id == "w1"  # the program goes on
+
+
+def test_after_recovery_a_worker_that_never_registers_again_is_lost_after_the_timeout(tmp_path, spec_json):
+    path = tmp_path / "journal.sqlite"
+    core, _ = make_core(Journal(path), worker_timeout_s=3.0)
+    core.register_worker(spec("w1"))
+    core.register_worker(spec("w2"))
+    core.open_program("a", workflow_spec=spec_json)
+    ans = core.submit(call("a", 0, seq=1))
+    core.call_started("a#0", ans.worker_id)
+    core.journal.close()
+
+    again, wall = make_core(Journal(path), worker_timeout_s=3.0)
+    again.recover()
+    other = "w2" if ans.worker_id == "w1" else "w1"
+    again.register_worker(spec(other))  # the other worker comes back, the call's does not
+    assert again.sched.calls["a#0"].worker == ans.worker_id and "a#0" not in again.sched.waiting
+    wall.t = 2.0
+    assert again.expire_workers() == []  # still within the timeout
+    wall.t = 3.5
+    again.heartbeat(other, LoadReport())
+    assert again.expire_workers() == [ans.worker_id]
+    assert "a#0" in again.sched.waiting and again.sched.calls["a#0"].worker is None
+    assert again.expire_workers() == []  # once
