@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -83,34 +84,21 @@ def _first_calls(pids: list[str], step: str) -> list:
     return reqs
 
 
-async def _open(stub, pids: list[str], spec: str) -> None:
-    from agentflow.v1 import service_pb2 as pb
+async def _bounded(coros, limit: int = 64) -> None:
+    """Run the awaitables with at most `limit` in flight (thousands of opens or closes)."""
+    sem = asyncio.Semaphore(limit)
 
-    h = (await stub.OpenProgram(pb.OpenProgramRequest(program_id=pids[0], workflow_spec=spec))).workflow_hash
-    sem = asyncio.Semaphore(64)
-
-    async def open_one(pid):
+    async def one(c):
         async with sem:
-            await stub.OpenProgram(pb.OpenProgramRequest(program_id=pid, workflow_hash=h))
+            await c
 
-    await asyncio.gather(*(open_one(p) for p in pids[1:]))
-
-
-async def _close(stub, pids: list[str]) -> None:
-    from agentflow.v1 import service_pb2 as pb
-
-    sem = asyncio.Semaphore(64)
-
-    async def close_one(pid):
-        async with sem:
-            await stub.CloseProgram(pb.CloseProgramRequest(program_id=pid, cancelled=True))
-
-    await asyncio.gather(*(close_one(p) for p in pids))
+    await asyncio.gather(*(one(c) for c in coros))
 
 
-async def submit_latency(addr: str, plan, n_programs: int, concurrency: int, tag: str = "lat") -> dict:
-    """Unary SubmitCall, `concurrency` clients each submitting one call at a time: the latency a
-    call sees at a moderate load (not at saturation, where it is queueing by Little's law)."""
+@contextlib.asynccontextmanager
+async def _programs(addr: str, plan, n_programs: int, tag: str):
+    """A channel, `n_programs` programs opened (the spec sent once, then its hash) and each one's
+    first call ready to submit; on exit the programs are closed (cancelled) and the channel too."""
     import grpc
 
     from agentflow.v1 import service_pb2 as pb
@@ -120,11 +108,23 @@ async def submit_latency(addr: str, plan, n_programs: int, concurrency: int, tag
     ch = grpc.aio.insecure_channel(addr)
     stub = pbg.SchedulerStub(ch)
     pids = [f"{tag}-{i}" for i in range(n_programs)]
-    await _open(stub, pids, spec)
-    reqs = _first_calls(pids, step)
+    h = (await stub.OpenProgram(pb.OpenProgramRequest(program_id=pids[0], workflow_spec=spec))).workflow_hash
+    await _bounded(stub.OpenProgram(pb.OpenProgramRequest(program_id=p, workflow_hash=h)) for p in pids[1:])
+    try:
+        yield stub, _first_calls(pids, step)
+    finally:
+        await _bounded(stub.CloseProgram(pb.CloseProgramRequest(program_id=p, cancelled=True)) for p in pids)
+        await ch.close()
+
+
+async def submit_latency(addr: str, plan, n_programs: int, concurrency: int, tag: str = "lat") -> dict:
+    """Unary SubmitCall, `concurrency` clients each submitting one call at a time: the latency a
+    call sees at a moderate load (not at saturation, where it is queueing by Little's law)."""
+    from agentflow.v1 import service_pb2 as pb
+
     lat_ms: list[float] = []
 
-    async def client(items):
+    async def client(stub, items):
         for m in items:
             t = time.perf_counter()
             ans = await stub.SubmitCall(m)
@@ -134,11 +134,10 @@ async def submit_latency(addr: str, plan, n_programs: int, concurrency: int, tag
             await stub.ReportCall(pb.ReportCallRequest(call_id=m.call_id, worker_id=ans.worker_id,
                                                        kind=pb.ReportCallRequest.STARTED))
 
-    t0 = time.perf_counter()
-    await asyncio.gather(*(client(reqs[i::concurrency]) for i in range(concurrency)))
-    wall = time.perf_counter() - t0
-    await _close(stub, pids)
-    await ch.close()
+    async with _programs(addr, plan, n_programs, tag) as (stub, reqs):
+        t0 = time.perf_counter()
+        await asyncio.gather(*(client(stub, reqs[i::concurrency]) for i in range(concurrency)))
+        wall = time.perf_counter() - t0
     return {"unary_rps": len(reqs) / wall, "p50_ms": float(np.percentile(lat_ms, 50)),
             "p99_ms": float(np.percentile(lat_ms, 99))}
 
@@ -153,22 +152,12 @@ async def submit_load(addr: str, plan, n_programs: int, streams: int, window: in
                       tag: str = "load") -> dict:
     """Saturation: `streams` SubmitCallBatches streams, each with `window` batches of `batch` calls
     in flight."""
-    import grpc
-
     from agentflow.v1 import service_pb2 as pb
-    from agentflow.v1 import service_pb2_grpc as pbg
 
-    spec, step = _spec_and_step(plan)
-    ch = grpc.aio.insecure_channel(addr)
-    stub = pbg.SchedulerStub(ch)
-    pids = [f"{tag}-{i}" for i in range(n_programs)]
-    await _open(stub, pids, spec)
-    reqs = _first_calls(pids, step)
     lat_ms: list[float] = []
     errors = 0
-    per_stream = [reqs[i::streams] for i in range(streams)]
 
-    async def run_stream(items):
+    async def run_stream(stub, items):
         # `window` batches of `batch` calls in flight per stream; a call's latency is its batch's
         nonlocal errors
         sent_at: list[float] = []
@@ -188,11 +177,10 @@ async def submit_load(addr: str, plan, n_programs: int, streams: int, window: in
             errors += sum(1 for a in resp.answers if a.error)
             credits.release()
 
-    t0 = time.perf_counter()
-    await asyncio.gather(*(run_stream(s) for s in per_stream))
-    wall = time.perf_counter() - t0
-    await _close(stub, pids)  # leave the scheduler clean for what follows
-    await ch.close()
+    async with _programs(addr, plan, n_programs, tag) as (stub, reqs):  # closed after: a clean scheduler
+        t0 = time.perf_counter()
+        await asyncio.gather(*(run_stream(stub, reqs[i::streams]) for i in range(streams)))
+        wall = time.perf_counter() - t0
     return {"submit_rps": len(reqs) / wall, "submit_p50_ms": float(np.percentile(lat_ms, 50)),
             "submit_p99_ms": float(np.percentile(lat_ms, 99)), "submit_errors": errors, "submissions": len(reqs)}
 
