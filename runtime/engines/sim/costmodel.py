@@ -139,6 +139,19 @@ class IterationCost:
                 + self.attention_decode_s + self.overhead_s)
 
 
+def _chunked_prefill_time_s(model, num_tokens: int, cached_tokens: int, chunk: int) -> float:
+    """A prefill alone on a worker, in chunks of `chunk` tokens, priced by `model.iteration_time_s`."""
+    if num_tokens < 0 or cached_tokens < 0:
+        raise ValueError(f"num_tokens and cached_tokens must be >= 0 (got {num_tokens}, {cached_tokens})")
+    total, done = 0.0, 0
+    while done < num_tokens:
+        p = min(chunk, num_tokens - done)
+        total += model.iteration_time_s(prefill_tokens=p, prefill_context_tokens=cached_tokens + done + p,
+                                        decode_seqs=0, decode_context_tokens=0)
+        done += p
+    return total
+
+
 class VidurCostModel:
     """The CostModel (interfaces.py) of one preset: vidur-fitted linear layers, roofline attention."""
 
@@ -253,16 +266,7 @@ class VidurCostModel:
 
     def prefill_time_s(self, num_tokens: int, cached_tokens: int = 0) -> float:
         """Alone on the worker, in chunks of `chunked_prefill_size` as SGLang runs it."""
-        if num_tokens < 0 or cached_tokens < 0:
-            raise ValueError(f"num_tokens and cached_tokens must be >= 0 (got {num_tokens}, {cached_tokens})")
-        chunk = self.preset.assumptions.chunked_prefill_size
-        total, done = 0.0, 0
-        while done < num_tokens:
-            p = min(chunk, num_tokens - done)
-            total += self.iteration_time_s(prefill_tokens=p, prefill_context_tokens=cached_tokens + done + p,
-                                           decode_seqs=0, decode_context_tokens=0)
-            done += p
-        return total
+        return _chunked_prefill_time_s(self, num_tokens, cached_tokens, self.preset.assumptions.chunked_prefill_size)
 
     def transfer_time_s(self, num_tokens: int, *, to_gpu: bool = True) -> float:
         """Seconds to move `num_tokens` tokens of KV between host and GPU (PCIe, effective rate)."""
@@ -332,15 +336,7 @@ class MeasuredCostModel:
 
     def prefill_time_s(self, num_tokens: int, cached_tokens: int = 0) -> float:
         """Alone on the engine, in chunks of the engine's `chunk_tokens`."""
-        if num_tokens < 0 or cached_tokens < 0:
-            raise ValueError(f"num_tokens and cached_tokens must be >= 0 (got {num_tokens}, {cached_tokens})")
-        total, done = 0.0, 0
-        while done < num_tokens:
-            p = min(self.chunk_tokens, num_tokens - done)
-            total += self.iteration_time_s(prefill_tokens=p, prefill_context_tokens=cached_tokens + done + p,
-                                           decode_seqs=0, decode_context_tokens=0)
-            done += p
-        return total
+        return _chunked_prefill_time_s(self, num_tokens, cached_tokens, self.chunk_tokens)
 
     def transfer_time_s(self, num_tokens: int, *, to_gpu: bool = True) -> float:
         return num_tokens / (self.h2d_tokens_per_s if to_gpu else self.d2h_tokens_per_s)
