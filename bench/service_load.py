@@ -84,15 +84,16 @@ def _first_calls(pids: list[str], step: str) -> list:
     return reqs
 
 
-async def _bounded(coros, limit: int = 64) -> None:
-    """Run the awaitables with at most `limit` in flight (thousands of opens or closes)."""
+async def _bounded(rpc, requests, limit: int = 64) -> None:
+    """`rpc(request)` for each request, at most `limit` in flight (thousands of opens or closes; a
+    gRPC call starts when it is created, so each is created only once its turn comes)."""
     sem = asyncio.Semaphore(limit)
 
-    async def one(c):
+    async def one(r):
         async with sem:
-            await c
+            await rpc(r)
 
-    await asyncio.gather(*(one(c) for c in coros))
+    await asyncio.gather(*(one(r) for r in requests))
 
 
 @contextlib.asynccontextmanager
@@ -109,11 +110,11 @@ async def _programs(addr: str, plan, n_programs: int, tag: str):
     stub = pbg.SchedulerStub(ch)
     pids = [f"{tag}-{i}" for i in range(n_programs)]
     h = (await stub.OpenProgram(pb.OpenProgramRequest(program_id=pids[0], workflow_spec=spec))).workflow_hash
-    await _bounded(stub.OpenProgram(pb.OpenProgramRequest(program_id=p, workflow_hash=h)) for p in pids[1:])
+    await _bounded(stub.OpenProgram, [pb.OpenProgramRequest(program_id=p, workflow_hash=h) for p in pids[1:]])
     try:
         yield stub, _first_calls(pids, step)
     finally:
-        await _bounded(stub.CloseProgram(pb.CloseProgramRequest(program_id=p, cancelled=True)) for p in pids)
+        await _bounded(stub.CloseProgram, [pb.CloseProgramRequest(program_id=p, cancelled=True) for p in pids])
         await ch.close()
 
 
