@@ -35,6 +35,7 @@ from agentflow.errors import PositionError
 from agentflow.graph.model import StepKind
 from agentflow.graph.position import Position, enter_step
 from agentflow.graph.tracker import ProgramIndex
+from agentflow.runtime.admission_queue import AdmissionQueue
 from agentflow.runtime.clock import Clock
 from agentflow.runtime.decision import (
     Decision, EvictionPriority, Pin, Prefetch, Route, Unpin, UnpinReason, priority_of_steps,
@@ -72,6 +73,7 @@ class Scheduler:
         self.programs: dict[Hashable, ProgramState] = {}
         self.calls: dict[Hashable, CallState] = {}
         self.waiting: dict[Hashable, None] = {}  # insertion-ordered set
+        self._queue = AdmissionQueue()  # the same calls, in the policy's admission order
         self.prefixes: dict[str, PrefixState] = {}
         self.workers: dict[str, WorkerState] = {}
         self.pins: dict[str, PinState] = {}
@@ -158,6 +160,7 @@ class Scheduler:
                                           expected_output_tokens=e.expected_output_tokens, submitted_s=now,
                                           was_pinned=was_pinned)
         self.waiting[e.call_id] = None
+        self._queue.push(e.call_id, self.policy.admission.key(self.calls[e.call_id], prog))
         self._waiting_changed = True
         self._new_calls.append(e.call_id)
         prog.calls.add(e.call_id)
@@ -172,6 +175,7 @@ class Scheduler:
         call.worker = e.worker
         if self.waiting.pop(e.call_id, 0) is None:
             self._waiting_changed = True
+            self._queue.discard(e.call_id)
         self.programs[call.program_id].worker = e.worker
 
     def _finished(self, e: CallFinished) -> None:
@@ -180,9 +184,14 @@ class Scheduler:
         now = self.clock.now_s()
         if self.waiting.pop(e.call_id, 0) is None:
             self._waiting_changed = True
+            self._queue.discard(e.call_id)
         del self.calls[e.call_id]
         prog.calls.discard(e.call_id)
         prog.attained_tokens += call.prompt_tokens + e.output_tokens
+        for c in prog.calls:  # a key may depend on the program's attained service: its waiting calls re-keyed
+            if c in self.waiting:
+                self._queue.rekey(c, self.policy.admission.key(self.calls[c], prog))
+                self._waiting_changed = True
         prog.worker = e.worker
         for ref in e.cached:
             pre = self._use(prog, call.agent, ref, now)
@@ -230,6 +239,7 @@ class Scheduler:
             self.calls.pop(c, None)
             if self.waiting.pop(c, 0) is None:
                 self._waiting_changed = True
+                self._queue.discard(c)
         self.index.remove(e.program_id)
         del self.programs[e.program_id]
         self._dirty_programs.pop(e.program_id, None)
@@ -257,6 +267,7 @@ class Scheduler:
             if call.worker == e.worker:  # in flight there: back to the queue, to be retried elsewhere
                 call.worker, call.started_s = None, None
                 self.waiting[call.call_id] = None
+                self._queue.push(call.call_id, self.policy.admission.key(call, self.programs[call.program_id]))
                 self._waiting_changed = True
                 self._new_calls.append(call.call_id)
 
@@ -375,7 +386,8 @@ class Scheduler:
         # 3. Admission order; if its head does not fit on its worker, pins there give way.
         admit: tuple[Hashable, ...] = ()
         if self._waiting_changed and self.waiting:
-            admit = tuple(self.policy.admission.order(snap, self.config.admit_limit))
+            # the policy's order (`order(snap, limit)`), kept incrementally: see admission_queue.py
+            admit = tuple(self._queue.first(self.config.admit_limit))
             self._relieve_pressure(admit[0], now)
         self._waiting_changed = False
         # 4. Eviction priorities of prefixes whose users moved.

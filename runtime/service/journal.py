@@ -69,6 +69,10 @@ class Journal:
         self._db.executescript(_SCHEMA)
         self._pending = 0
         self._batch_depth = 0
+        # Inside a batch, events and sequence numbers wait here and go in with one executemany
+        # each when the batch commits (or before anything else touches those tables).
+        self._rows: list[tuple[str, float, str, str]] = []
+        self._seqs: dict[str, int] = {}
 
     @contextmanager
     def batch(self):
@@ -81,11 +85,23 @@ class Journal:
         except BaseException:
             self._batch_depth -= 1
             if self._batch_depth == 0:
+                self._rows.clear()
+                self._seqs.clear()
                 self._db.execute("ROLLBACK")
             raise
         self._batch_depth -= 1
         if self._batch_depth == 0:
+            self._flush()
             self._db.execute("COMMIT")
+
+    def _flush(self) -> None:
+        if self._rows:
+            self._db.executemany("INSERT INTO events(program_id, t_s, kind, body) VALUES (?, ?, ?, ?)", self._rows)
+            self._rows.clear()
+        if self._seqs:
+            self._db.executemany("UPDATE programs SET last_seq = ? WHERE program_id = ?",
+                                 [(seq, pid) for pid, seq in self._seqs.items()])
+            self._seqs.clear()
 
     def close(self) -> None:
         self._db.close()
@@ -100,16 +116,16 @@ class Journal:
 
     def append(self, program_id: str, t_s: float, kind: str, body: dict, seq: int | None = None) -> None:
         with self.batch():
-            self._db.execute("INSERT INTO events(program_id, t_s, kind, body) VALUES (?, ?, ?, ?)",
-                             (program_id, t_s, kind, json.dumps(body, separators=(",", ":"))))
+            self._rows.append((program_id, t_s, kind, json.dumps(body, separators=(",", ":"))))
             if seq is not None:
-                self._db.execute("UPDATE programs SET last_seq = ? WHERE program_id = ?", (seq, program_id))
+                self._seqs[program_id] = seq  # the program's last one wins, as the UPDATEs in order would
 
     def close_program(self, program_id: str) -> None:
         """Forget a closed program; its tool durations move to `tool_samples`. (An open program's
         durations live in its events only, so recovery, which replays those events, counts each
         sample once.)"""
         with self.batch():
+            self._flush()
             cur = self._db.execute(
                 "INSERT INTO tool_samples(tool, duration_s) SELECT json_extract(body, '$.tool'), "
                 "json_extract(body, '$.duration_s') FROM events WHERE program_id = ? AND kind = 'tool_finished' "
@@ -131,11 +147,13 @@ class Journal:
         return dict(self._db.execute("SELECT hash, spec FROM workflows"))
 
     def programs(self) -> list[JournaledProgram]:
+        self._flush()
         rows = self._db.execute("SELECT program_id, workflow_hash, tenant, opened_s, last_seq FROM programs "
                                 "ORDER BY opened_s, rowid")
         return [JournaledProgram(*r) for r in rows]
 
     def events(self) -> Iterator[JournaledEvent]:
+        self._flush()
         for pid, t, kind, body in self._db.execute("SELECT program_id, t_s, kind, body FROM events ORDER BY id"):
             yield JournaledEvent(pid, t, kind, json.loads(body))
 
@@ -143,6 +161,7 @@ class Journal:
         return list(self._db.execute("SELECT tool, duration_s FROM tool_samples ORDER BY id"))
 
     def counts(self) -> dict[str, int]:
+        self._flush()
         return {t: self._db.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0]  # noqa: S608 (fixed names)
                 for t in ("workflows", "programs", "events", "tool_samples")}
 

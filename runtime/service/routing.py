@@ -180,9 +180,16 @@ class RouteChoice:
 # Hashing: rendezvous (highest random weight) rankings, one per seed.
 
 
-def _weight(seed: str, key: str, worker: str) -> int:
-    digest = hashlib.blake2b(f"{seed}\x00{key}\x00{worker}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big")
+def _weights(seed: str, key: str, workers: Sequence[str]) -> list[int]:
+    """Each worker's rendezvous weight for `key`: the first 8 bytes of blake2b("seed\0key\0worker").
+    The "seed\0key\0" part is hashed once and copied per worker (the same digests, half the work)."""
+    head = hashlib.blake2b(f"{seed}\x00{key}\x00".encode(), digest_size=8)
+    out = []
+    for w in workers:
+        h = head.copy()
+        h.update(w.encode())
+        out.append(int.from_bytes(h.digest(), "big"))
+    return out
 
 
 def candidates(key: str, workers: Sequence[str], config: RouterConfig = RouterConfig()) -> tuple[str, ...]:
@@ -199,11 +206,11 @@ def candidates(key: str, workers: Sequence[str], config: RouterConfig = RouterCo
 @functools.lru_cache(maxsize=1 << 16)
 def _candidates(key: str, workers: tuple[str, ...], seeds: tuple[str, str]) -> tuple[str, ...]:
     seed_a, seed_b = seeds
-    primary = max(workers, key=lambda w: (_weight(seed_a, key, w), w))
+    primary = max(zip(_weights(seed_a, key, workers), workers))[1]
     rest = [w for w in workers if w != primary]
     if not rest:
         return (primary,)
-    return primary, max(rest, key=lambda w: (_weight(seed_b, key, w), w))
+    return primary, max(zip(_weights(seed_b, key, rest), rest))[1]
 
 
 def routing_key(request: RouteRequest) -> str:
@@ -320,18 +327,19 @@ def route(request: RouteRequest, workers: Sequence[WorkerLoad], config: RouterCo
         roles[current] = Role.CURRENT
     for name, role in zip(ranked, (Role.PRIMARY, Role.SECONDARY)):
         roles.setdefault(name, role)
-    preds = _Predictions(request, healthy, config)
-    # Only a worker named in `held` can hold any of the prompt: the others predict own = 0, and
-    # are never the holder (first of equals by name), so they need no prediction here.
+    # Only a worker named in `held` can hold any of the prompt: the others hold own = 0, and are
+    # never the holder (first of equals by name), so they need no look here.
     holders = sorted({w for tiers in request.held.values() for w in tiers if w in healthy})
     if holders:
-        holder = max((preds[n] for n in holders), key=lambda a: a.own_cached_tokens)
-        if holder.own_cached_tokens > 0:
-            roles.setdefault(holder.worker, Role.HOLDER)
-    considered = [_as(preds[n], r) for n, r in roles.items()]
+        own = {n: _held_tokens(request, n)[2] for n in holders}
+        holder = max(holders, key=own.__getitem__)
+        if own[holder] > 0:
+            roles.setdefault(holder, Role.HOLDER)
+    # Each worker is predicted once, in its role (most routes look at 2 or 3 workers).
+    considered = [_predict(request, healthy[n], config, r) for n, r in roles.items()]
 
     if current is not None:
-        return _sticky_or_move(request, considered, preds, healthy, key, config)
+        return _sticky_or_move(request, considered, healthy, key, config)
 
     affinity = max(considered, key=lambda a: (a.own_cached_tokens, -a.queue_s, -list(roles).index(a.worker)))
     if _ok(affinity, config):
@@ -339,28 +347,8 @@ def route(request: RouteRequest, workers: Sequence[WorkerLoad], config: RouterCo
     ok = [a for a in considered if _ok(a, config)]
     if ok:
         return _choice(_by_ttft(ok), RouteReason.LOAD, key, considered)
-    considered += [_as(preds[n], Role.ESCAPE) for n in sorted(healthy) if n not in roles]
+    considered += [_predict(request, healthy[n], config, Role.ESCAPE) for n in sorted(healthy) if n not in roles]
     return _choice(_by_ttft(considered), RouteReason.LOAD, key, considered)
-
-
-def _as(a: Alternative, role: Role) -> Alternative:
-    """`a` in another role (dataclasses.replace, without its per-call field introspection)."""
-    return Alternative(worker=a.worker, role=role, predicted_ttft_s=a.predicted_ttft_s, queue_s=a.queue_s,
-                       prefill_s=a.prefill_s, cached_tokens=a.cached_tokens, own_cached_tokens=a.own_cached_tokens,
-                       overloaded=a.overloaded)
-
-
-class _Predictions(dict):
-    """worker -> its Alternative, predicted on first use (most routes look at 2 or 3 workers)."""
-
-    def __init__(self, request: RouteRequest, healthy: Mapping[str, WorkerLoad], config: RouterConfig):
-        super().__init__()
-        self._args = (request, healthy, config)
-
-    def __missing__(self, name: str) -> Alternative:
-        request, healthy, config = self._args
-        a = self[name] = _predict(request, healthy[name], config)
-        return a
 
 
 def _choice(a: Alternative, reason: RouteReason, key: str, considered: Sequence[Alternative], **move) -> RouteChoice:
@@ -368,8 +356,8 @@ def _choice(a: Alternative, reason: RouteReason, key: str, considered: Sequence[
                        alternatives=tuple(considered), **move)
 
 
-def _sticky_or_move(request: RouteRequest, considered: list[Alternative], preds: Mapping[str, Alternative],
-                    healthy: Mapping[str, WorkerLoad], key: str, config: RouterConfig) -> RouteChoice:
+def _sticky_or_move(request: RouteRequest, considered: list[Alternative], healthy: Mapping[str, WorkerLoad],
+                    key: str, config: RouterConfig) -> RouteChoice:
     """Stay on the current worker unless it is a hotspot and a move saves more than it costs.
 
     The move's cost is the session's KV, recomputed on the new worker (the tokens it held here and
@@ -381,8 +369,8 @@ def _sticky_or_move(request: RouteRequest, considered: list[Alternative], preds:
         return _choice(cur, RouteReason.STICKY, key, considered)
     others = [a for a in considered if a.worker != cur.worker]
     if not any(_ok(a, config) for a in others):
-        considered += [_as(preds[n], Role.ESCAPE) for n in sorted(healthy)
-                       if n not in {a.worker for a in considered}]
+        seen = {a.worker for a in considered}
+        considered += [_predict(request, healthy[n], config, Role.ESCAPE) for n in sorted(healthy) if n not in seen]
         others = [a for a in considered if a.worker != cur.worker]
     target = _by_ttft(others)
     gpu_here, host_here, _ = _held_tokens(request, cur.worker)

@@ -94,32 +94,36 @@ class SubmitBatcher:
     """Submissions from every stream and unary call, applied in batches: one `submit_many` (one
     scheduling step, one journal transaction) for whatever arrived while the last batch ran.
 
-        SubmitCall ──┐
-        SubmitCalls ─┼─> queue ──(loop: take all, after letting ready RPCs enqueue)──> core.submit_many
-        SubmitCalls ─┘                                                                    │
-            <──────────────────────── each request's future gets its answer ──────────────┘
+        SubmitCall ─────────┐
+        SubmitCalls ────────┼─> queue ──(loop: take up to max_batch calls, after letting ready
+        SubmitCallBatches ──┘    │        RPCs enqueue)──> core.submit_many
+            <──── each message's future gets its calls' answers, in order ────┘
 
-    A step costs about the same for 1 call as for 64 (admission order is over every waiting
-    call), so under load the per-call cost falls as batches grow; an idle service answers a lone
-    call at once (the loop waits for nothing but the calls already ready to run)."""
+    A batch costs one scheduling step, one journal commit and one routing snapshot of the
+    workers' loads however many calls it holds, so under load the per-call cost falls as batches
+    grow; an idle service answers a lone call at once (the loop waits for nothing but the calls
+    already ready to run)."""
 
     def __init__(self, core: ServiceCore, max_batch: int = 512):
         self.core = core
         self.max_batch = max_batch
-        self._queue: list[tuple[object, asyncio.Future]] = []
+        # one entry per request message: its calls and the future of their answers (a future per
+        # call cost more than the step itself at thousands of calls per second)
+        self._queue: list[tuple[list, asyncio.Future]] = []
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
 
-    def enqueue(self, req) -> asyncio.Future:
+    def enqueue(self, reqs: list) -> asyncio.Future:
+        """The future list of answers (each a RouteAnswer or a ServiceError) to `reqs`, in order."""
         fut = asyncio.get_running_loop().create_future()
-        self._queue.append((req, fut))
+        self._queue.append((reqs, fut))
         self._wake.set()
         if self._task is None:
             self._task = asyncio.ensure_future(self._run())
         return fut
 
     async def submit(self, req):
-        return await self.enqueue(req)
+        return (await self.enqueue([req]))[0]
 
     async def _run(self) -> None:
         while True:
@@ -127,15 +131,22 @@ class SubmitBatcher:
             self._wake.clear()
             await asyncio.sleep(0)  # RPCs already ready to run enqueue theirs first
             while self._queue:
-                batch, self._queue = self._queue[: self.max_batch], self._queue[self.max_batch:]
+                n = taken = 0
+                while taken < len(self._queue) and (n == 0 or n + len(self._queue[taken][0]) <= self.max_batch):
+                    n += len(self._queue[taken][0])
+                    taken += 1
+                batch, self._queue = self._queue[:taken], self._queue[taken:]
+                calls = [r for reqs, _ in batch for r in reqs]
                 try:
-                    answers = self.core.submit_many([r for r, _ in batch])
+                    answers = self.core.submit_many(calls)
                 except Exception as exc:  # a bug must fail these calls, not the batcher
                     log.exception("submit batch failed")
-                    answers = [ServiceError(Code.UNAVAILABLE, f"scheduler error: {exc}")] * len(batch)
-                for (_, fut), ans in zip(batch, answers, strict=True):
+                    answers = [ServiceError(Code.UNAVAILABLE, f"scheduler error: {exc}")] * len(calls)
+                i = 0
+                for reqs, fut in batch:
                     if not fut.done():
-                        fut.set_result(ans)
+                        fut.set_result(answers[i:i + len(reqs)])
+                    i += len(reqs)
 
     async def aclose(self) -> None:
         if self._task is not None:
@@ -193,33 +204,33 @@ class SchedulerServicer(pbg.SchedulerServicer):
             async for batch in answers:
                 yield pb.SubmitCallBatchResponse(answers=batch)
 
-    def _enqueue(self, m: pb.SubmitCallRequest) -> asyncio.Future:
-        """The submission's future answer; a malformed one is answered at once with its error."""
-        try:
-            return self.batcher.enqueue(convert.call_from_pb(m))
-        except ServiceError as exc:
-            fut = asyncio.get_running_loop().create_future()
-            fut.set_result(exc)
-            return fut
-
     async def _in_order(self, messages, calls_of):
-        """The streaming submissions: every call of every message goes to the batcher as it
-        arrives; answers come back per message, in the order of the messages and of their calls,
-        each an answer or an error naming its call (one bad request does not end the stream)."""
+        """The streaming submissions: every message's calls go to the batcher as it arrives;
+        answers come back per message, in the order of the messages and of their calls, each an
+        answer or an error naming its call (one bad request does not end the stream)."""
         pending: asyncio.Queue = asyncio.Queue()
 
         async def pump():
             async for msg in messages:
-                pending.put_nowait([(m.call_id, self._enqueue(m)) for m in calls_of(msg)])
+                ms = list(calls_of(msg))
+                reqs, bad = [], {}
+                for i, m in enumerate(ms):
+                    try:
+                        reqs.append(convert.call_from_pb(m))
+                    except ServiceError as exc:  # malformed: answered with its error, never submitted
+                        bad[i] = exc
+                pending.put_nowait((ms, bad, self.batcher.enqueue(reqs) if reqs else None))
             pending.put_nowait(None)
 
         task = asyncio.ensure_future(pump())
         try:
-            while (futs := await pending.get()) is not None:
+            while (item := await pending.get()) is not None:
+                ms, bad, fut = item
+                answers = iter(await fut) if fut is not None else iter(())
                 out = []
-                for call_id, fut in futs:
-                    a = await fut
-                    out.append(pb.SubmitCallResponse(call_id=call_id, error=str(a), error_code=STATUS[a.code].value[0])
+                for i, m in enumerate(ms):
+                    a = bad[i] if i in bad else next(answers)
+                    out.append(pb.SubmitCallResponse(call_id=m.call_id, error=str(a), error_code=STATUS[a.code].value[0])
                                if isinstance(a, ServiceError) else convert.answer_to_pb(a))
                 yield out
             await task  # the request stream's own errors surface here

@@ -5,6 +5,7 @@ small KV pools; calls finish, tools take random times, engines demote prefixes t
 a program is sometimes cancelled, a worker is sometimes lost. After every scheduling step:
   * pinned tokens on each worker never exceed the cap, and equal the sum of its pins;
   * no pin outlives its TTL by more than one step;
+  * the admission order (kept incrementally) is the policy's order computed from scratch;
 and at the end every pin has ended and every submitted call was admitted (nothing starves).
 """
 
@@ -172,6 +173,8 @@ def run_random(policy: str, seed: int) -> dict[str, int]:
                 p["step"] = next_step(p["graph"], p["step"], p["loops"], rng)
                 start_step(pid)
         dec = sched.step()
+        if dec.admit:  # the order kept incrementally is the policy's order computed from scratch
+            assert list(dec.admit) == sched.policy.admission.order(sched.snapshot(), sched.config.admit_limit)
         counts["pins"] += len(dec.pins)
         counts["prefetches"] += len(dec.prefetches)
         counts["pressure"] += sum(1 for u in dec.unpins if u.reason.value == "pressure")
