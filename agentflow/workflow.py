@@ -18,7 +18,8 @@ immutable and is the only thing that runs (or is planned, replayed, or sent over
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Iterable, Mapping
+import re
+from collections.abc import Callable, Container, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
@@ -33,6 +34,7 @@ from agentflow.graph.model import (
 P = ProblemCode
 DEFAULT_OUTPUT_TOKENS = 256
 CHARS_PER_TOKEN = 4  # planning estimate of prompt sizes when no tokenizer is involved
+_FIELD = re.compile(r"\{\{|\}\}|\{([^{}]*)\}")  # a template field, as the executor renders it (prompts.py)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -454,7 +456,7 @@ class Workflow:
         hint = self._tools[step.tool].duration_hint_s if step.tool in self._tools else None
         return StepNode(name=step.name, kind=step.kind, agent=step.agent, tool=step.tool,
                         expected_prompt_tokens=prompt_tokens, expected_output_tokens=step.expected_output_tokens,
-                        duration_hint_s=hint)
+                        duration_hint_s=hint, inputs=step_inputs(step, self._steps))
 
     def _check_names(self) -> list[Problem]:
         out: list[Problem] = []
@@ -486,6 +488,20 @@ class Workflow:
                     out.append(Problem(code=P.UNKNOWN_STEP, step=s.name, message=f"reads the output of unknown step '{i}'",
                                        fix="name an existing upstream step in inputs=[...]"))
         return out
+
+
+def step_inputs(step: Step, known: Container[str]) -> tuple[str, ...]:
+    """Upstream steps whose output enters `step`'s prompt: `{steps.<name>}` references in its
+    template (read as the executor renders them: `{{` and `}}` are literal braces), then its
+    `inputs`, in order, without repeats. Names not in `known` are left out: an unknown `inputs`
+    entry is reported by `compile()`, and an unknown template reference fails when rendered."""
+    out: list[str] = []
+    refs = [m.group(1).strip()[len("steps."):] for m in _FIELD.finditer(step.prompt or "")
+            if m.group(1) is not None and m.group(1).strip().startswith("steps.")]
+    for name in (*refs, *step.inputs):
+        if name in known and name not in out:
+            out.append(name)
+    return tuple(out)
 
 
 def sub_joins(compiled: CompiledWorkflow) -> dict[str, tuple[str, ...]]:

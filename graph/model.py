@@ -52,6 +52,9 @@ class StepNode:
     expected_prompt_tokens: int = 0  # new tokens this step adds to the prompt (planning only)
     expected_output_tokens: int = 0
     duration_hint_s: float | None = None  # tool steps: what the author expects (planning only)
+    # LLM steps: upstream steps whose output enters this step's prompt (`{steps.<name>}` in the
+    # template, then `inputs`, in order): what cross-agent KV reuse plans with (runtime/reuse_plan.py)
+    inputs: tuple[str, ...] = ()
 
 
 # A condition is anything callable on the program state; the spec layer gives declarative ones.
@@ -297,6 +300,12 @@ def _check_structure(
         problems.append(Problem(code=P.UNKNOWN_STEP, step=entry, message="the entry step does not exist",
                                 fix=f"start at one of: {', '.join(sorted(steps))}"))
         return problems
+    for s, node in steps.items():
+        for i in node.inputs:
+            if i not in steps:
+                problems.append(Problem(
+                    code=P.UNKNOWN_STEP, step=s, message=f"its prompt reads the output of unknown step '{i}'",
+                    fix=f"name a step of the graph in its inputs (steps: {', '.join(sorted(steps))})"))
     for s in steps:
         t = transitions.get(s)
         for e in edges_of(s, t):

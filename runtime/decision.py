@@ -7,6 +7,11 @@ Eviction priorities follow SGLang's convention: a radix node with a *smaller* pr
 first, so a higher number keeps a prefix longer. `priority_of_steps` maps steps-to-execution onto
 that scale: an agent due now gets the top, one that never runs again gets 0. Only prefixes whose
 priority changed since the previous decision are listed (a decision is a delta).
+
+`reuse` names, for calls submitted since the previous decision, spans of their prompts that a
+finished call of the same program already produced (`runtime/reuse_plan.ReuseHint`: source call,
+offset in its output, offset in the new prompt, length). An engine that holds the source's KV may
+place it instead of computing it (the local engine does); others ignore it.
 """
 
 from __future__ import annotations
@@ -16,6 +21,8 @@ import math
 from collections.abc import Hashable
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+from agentflow.runtime.reuse_plan import ReuseHint
 
 MAX_PRIORITY = 1_000_000_000  # priority of a prefix needed now; 1/1000 resolution up to 10^6
 
@@ -84,11 +91,13 @@ class Decision:
     unpins: tuple[Unpin, ...] = ()
     prefetches: tuple[Prefetch, ...] = ()
     routes: tuple[Route, ...] = ()
+    reuse: tuple[ReuseHint, ...] = ()  # cross-agent KV reuse: finished calls' outputs inside new prompts
     notes: tuple[str, ...] = field(default=())  # why, in words, for logs and docs
 
     @property
     def empty(self) -> bool:
-        return not (self.admit or self.priorities or self.pins or self.unpins or self.prefetches or self.routes)
+        return not (self.admit or self.priorities or self.pins or self.unpins or self.prefetches or self.routes
+                    or self.reuse)
 
     def to_dict(self) -> dict[str, Any]:
         def clean(x: Any) -> Any:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from agentflow.graph.model import StepGraph
 from agentflow.runtime.prefixes import PrefixRef
+from agentflow.runtime.reuse_plan import InputSpan
 
 ProgramId = Hashable
 CallId = Hashable
@@ -22,6 +23,10 @@ CallId = Hashable
 class ProgramArrived:
     program_id: ProgramId
     graph: StepGraph
+    # Cross-agent KV reuse isolation (runtime/reuse_plan.namespace_for): KV and anchors are shared
+    # only within tenant/workflow/program, or tenant/workflow when the workflow opted in.
+    tenant: str = "default"
+    share_kv_across_programs: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -32,6 +37,9 @@ class CallSubmitted:
     prefixes: tuple[PrefixRef, ...]  # the prompt's cacheable prefixes, root first
     prompt_tokens: int
     expected_output_tokens: int = 256
+    # where the outputs of upstream steps sit in this prompt (tokens), when the executor could
+    # tell: what the scheduler turns into cross-agent reuse hints (Decision.reuse)
+    input_spans: tuple[InputSpan, ...] = ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -30,13 +30,10 @@ namespace is part of the segment key, so even identical text in two namespaces i
 from __future__ import annotations
 
 import hashlib
-import re
 from array import array
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
-
-_STEP_REF = re.compile(r"\{\s*steps\.([^{}\s]+)\s*\}")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -56,10 +53,19 @@ class ReuseHint:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class FinishedCall:
+    """A finished call, as reuse planning sees it. `plan_reuse` searches its `output_ids`; the
+    scheduler never sees token ids, and `hints_from_spans` needs only `num_output_tokens`
+    (defaults to `len(output_ids)`)."""
+
     call_id: Hashable
     step: str
     namespace: str
-    output_ids: tuple[int, ...]
+    output_ids: tuple[int, ...] = ()
+    num_output_tokens: int = -1
+
+    def __post_init__(self) -> None:
+        if self.num_output_tokens < 0:
+            object.__setattr__(self, "num_output_tokens", len(self.output_ids))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -85,19 +91,22 @@ def segment_key(namespace: str, token_ids: Sequence[int]) -> str:
     return "s" + h.hexdigest()
 
 
+def call_segment_key(namespace: str, call_id: Hashable, source_offset: int, num_tokens: int) -> str:
+    """Key of `num_tokens` output tokens of `call_id` from `source_offset`, named without the ids
+    (the scheduler's hints): the engine that ran the call holds its output ids and checks them
+    against the prompt when it places the segment, so a stale or wrong key misses, never misplaces."""
+    h = hashlib.blake2b(namespace.encode(), digest_size=8)
+    h.update(b"\0")
+    h.update(f"{call_id!r}\0{source_offset}\0{num_tokens}".encode())
+    return "o" + h.hexdigest()
+
+
 def input_steps(compiled: Any) -> dict[str, tuple[str, ...]]:
-    """step -> upstream steps whose outputs enter its prompt: from a CompiledWorkflow (`Step.inputs`
-    plus `{steps.<name>}` references in the template, in order, without repeats), or from a
-    StepGraph once its `StepNode`s carry an `inputs` field (the scheduler only sees the graph)."""
-    out: dict[str, tuple[str, ...]] = {}
-    for name, step in compiled.steps.items():
-        seen: list[str] = []
-        for src in (*_STEP_REF.findall(getattr(step, "prompt", "") or ""), *getattr(step, "inputs", ())):
-            if src not in seen and src in compiled.steps:
-                seen.append(src)
-        if seen:
-            out[name] = tuple(seen)
-    return out
+    """step -> upstream steps whose outputs enter its prompt, from a CompiledWorkflow or a StepGraph:
+    the graph's `StepNode.inputs`, which `Workflow.compile` fills (`{steps.<name>}` references in
+    the template, then `Step.inputs`, in order, without repeats: `agentflow.workflow.step_inputs`)."""
+    graph = getattr(compiled, "graph", compiled)
+    return {name: node.inputs for name, node in graph.steps.items() if getattr(node, "inputs", ())}
 
 
 def find_span(haystack: Sequence[int], needle: Sequence[int], *, start: int = 0,
@@ -162,18 +171,28 @@ def plan_reuse(*, target_step: str, prompt_ids: Sequence[int], namespace: str,
 @dataclass(frozen=True, slots=True, kw_only=True)
 class InputSpan:
     """Where the executor rendered an input's output into a prompt (token offsets), so a scheduler
-    that never sees token ids can still plan: what `CallSubmitted` would carry."""
+    that never sees token ids can still plan: what `CallSubmitted.input_spans` carries.
+
+        source output   [o0 o1 o2 ............ o(k-1)]        (the producing call's output ids)
+                            └ source_offset ─┐
+        target prompt   [sys ..][glue][o1 o2 ... ][glue]...    prompt[target_offset : +num_tokens]
+                                      └ target_offset           == output[source_offset : +num_tokens]
+    """
 
     source_step: str
     target_offset: int
     num_tokens: int
+    source_offset: int = 0  # where in the source output the span starts (a token merged at the boundary)
 
 
 def hints_from_spans(*, target_call_id: Hashable, target_step: str, namespace: str, prompt_tokens: int,
                      flows: Mapping[str, Sequence[str]], spans: Iterable[InputSpan],
                      finished: Iterable[FinishedCall], min_tokens: int = 8) -> tuple[ReuseHint, ...]:
     """`plan_reuse` without token ids: the executor says where each input landed; the latest
-    finished call of that step (same namespace) is the source, its output's key the segment."""
+    finished call of that step (same namespace) is the source. A span is dropped (never an error)
+    when its step is not an input of `target_step`, no call of it finished, it is shorter than
+    `min_tokens`, it runs past the source's output or into the prompt's last token, or it overlaps
+    a span kept before it (spans are taken in prompt order). Keys are `call_segment_key`s."""
     latest: dict[str, FinishedCall] = {}
     for call in finished:
         if call.namespace == namespace:
@@ -183,15 +202,18 @@ def hints_from_spans(*, target_call_id: Hashable, target_step: str, namespace: s
     for span in sorted(spans, key=lambda s: s.target_offset):
         call = latest.get(span.source_step)
         if (call is None or span.source_step not in allowed or span.num_tokens < min_tokens
-                or span.num_tokens > len(call.output_ids) or span.target_offset + span.num_tokens >= prompt_tokens
+                or span.source_offset < 0 or span.target_offset < 0
+                or span.source_offset + span.num_tokens > call.num_output_tokens
+                or span.target_offset + span.num_tokens >= prompt_tokens
                 or any(span.target_offset < h.target_offset + h.num_tokens for h in hints)):
             continue
-        hints.append(ReuseHint(key=segment_key(namespace, call.output_ids[:span.num_tokens]), namespace=namespace,
-                               kind=f"{span.source_step}->{target_step}", source_call_id=call.call_id,
-                               source_step=span.source_step, target_offset=span.target_offset,
-                               num_tokens=span.num_tokens, target_call_id=target_call_id))
+        hints.append(ReuseHint(key=call_segment_key(namespace, call.call_id, span.source_offset, span.num_tokens),
+                               namespace=namespace, kind=f"{span.source_step}->{target_step}",
+                               source_call_id=call.call_id, source_step=span.source_step,
+                               target_offset=span.target_offset, num_tokens=span.num_tokens,
+                               source_offset=span.source_offset, target_call_id=target_call_id))
     return tuple(hints)
 
 
-__all__ = ["FinishedCall", "InputSpan", "ReuseHint", "SharedText", "find_span", "hints_from_spans", "input_steps",
-           "namespace_for", "plan_reuse", "segment_key"]
+__all__ = ["FinishedCall", "InputSpan", "ReuseHint", "SharedText", "call_segment_key", "find_span",
+           "hints_from_spans", "input_steps", "namespace_for", "plan_reuse", "segment_key"]

@@ -46,6 +46,7 @@ from agentflow.runtime.events import (
 )
 from agentflow.runtime.policies import Policy
 from agentflow.runtime.prefixes import PrefixRef
+from agentflow.runtime.reuse_book import ReuseBook
 from agentflow.runtime.state import (
     CallState, PinState, PrefixState, ProgramState, Snapshot, ToolCall, WorkerState,
 )
@@ -91,6 +92,7 @@ class Scheduler:
         self._by_load: list[str] | None = None  # workers, least loaded first (per step)
         self._users_of: dict[tuple[Hashable, str], set[str]] = {}  # (program, agent) -> prefix keys
         self._shared: dict[tuple[str, str], set[str]] = {}  # (workflow, agent) -> keys with >1 program
+        self.reuse = ReuseBook()  # cross-agent KV reuse: what it needs of programs and calls (reuse_book.py)
 
     # ================================================================ events ==================
     def apply(self, event: Event) -> None:
@@ -98,6 +100,7 @@ class Scheduler:
         if handler is None:
             raise TypeError(f"not a scheduler event: {event!r}")
         handler(self, event)
+        self.reuse.observe(event)  # after the handler: an event it rejected is not recorded
 
     def _arrived(self, e: ProgramArrived) -> None:
         if e.program_id in self.programs:
@@ -419,7 +422,8 @@ class Scheduler:
         self._new_calls.clear()
         unpins, self._unpins = tuple(self._unpins), []
         return Decision(step=self._step, time_s=now, admit=admit, priorities=tuple(priorities), pins=tuple(pins),
-                        unpins=unpins, prefetches=tuple(prefetches), routes=routes)
+                        unpins=unpins, prefetches=tuple(prefetches), routes=routes,
+                        reuse=self.reuse.hints())
 
     def _relieve_pressure(self, call_id: Hashable, now: float) -> None:
         call = self.calls[call_id]

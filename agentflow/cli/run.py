@@ -139,8 +139,10 @@ def _report(results, decisions, *, show_text: bool, service: bool = False) -> No
                            "output", "ttft s*", "status"], rows, align="llllrrlrrrrl"))
         prompt = sum(t.prompt_tokens for t in r.timeline if t.kind == "llm")
         cached = sum(t.cached_tokens for t in r.timeline if t.kind == "llm")
+        reused = sum(t.reused_tokens for t in r.timeline if t.kind == "llm")
         if prompt:
-            click.echo(f"prompt tokens {prompt}, served from cache {cached} ({cached / prompt:.0%})")
+            click.echo(f"prompt tokens {prompt}, served from cache {cached} ({cached / prompt:.0%})"
+                       + (f", placed from other agents' outputs {reused} ({reused / prompt:.0%})" if reused else ""))
         click.echo(f"* {TTFT_NOTE}")
     click.echo()
     click.echo(click.style("cache decisions", bold=True))

@@ -67,6 +67,9 @@ class GenerateRequest:
     namespace: str = "default"  # isolation: part of every cache key
     priority: int | None = None  # eviction priority for what this request inserts (SGLang convention)
     session_id: str | None = None
+    # cross-agent KV reuse (reuse_plan.namespace_for): an engine that reuses KV keeps this call's
+    # output under it and places only KV of the same namespace here (Decision.reuse); None: neither
+    reuse_namespace: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -84,6 +87,7 @@ class GenerateResult:
     prompt_tokens: int
     cached_tokens: int  # prompt tokens served from the device cache
     host_tokens: int = 0  # prompt tokens loaded back from the host tier
+    reused_tokens: int = 0  # prompt tokens placed from another call's output KV (cross-agent reuse)
     queued_s: float = 0.0  # submit -> admitted
     ttft_s: float = 0.0  # submit -> first token
     duration_s: float = 0.0  # submit -> last token

@@ -35,6 +35,7 @@ from agentflow.runtime.events import (
 )
 from agentflow.runtime.executor.link import InProcessLink, SchedulerLink
 from agentflow.runtime.executor.records import DecisionLog
+from agentflow.runtime.reuse_plan import InputSpan
 from agentflow.workflow import CompiledWorkflow
 
 
@@ -47,10 +48,12 @@ class Backend(Protocol):
     async def open_program(self, program_id: Hashable, workflow: CompiledWorkflow) -> None: ...
 
     async def call(self, request: GenerateRequest, *, step: str, expected_output_tokens: int,
-                   on_chunk: Callable[[TokenChunk], None] | None = None) -> tuple[str, GenerateResult]:
+                   on_chunk: Callable[[TokenChunk], None] | None = None,
+                   input_spans: Sequence[InputSpan] = ()) -> tuple[str, GenerateResult]:
         """Submit an LLM call, run it where the scheduler routes it, stream its chunks to
         `on_chunk`; returns (the worker it ran on, its result). Cancelled or failed, the call is
-        closed with nothing cached."""
+        closed with nothing cached. `input_spans`: where upstream outputs sit in the prompt (the
+        scheduler plans cross-agent KV reuse from them; a backend may ignore them)."""
 
     async def tool(self, program_id: Hashable, *, step: str, tool: str, finished: bool,
                    duration_s: float = 0.0) -> None: ...
@@ -67,7 +70,8 @@ class InProcessBackend:
     """A scheduler here (an `InProcessLink`, or any SchedulerLink) and the engines it decides for."""
 
     def __init__(self, engines: Engine | Sequence[Engine], *, link: SchedulerLink | None = None,
-                 policy: str = "agentflow", clock: Clock | None = None, now_s=None):
+                 policy: str = "agentflow", clock: Clock | None = None, now_s=None, tenant: str = "default",
+                 share_kv_across_programs: bool = False):
         self.engines: list[Engine] = [engines] if not isinstance(engines, Sequence) else list(engines)
         if not self.engines:
             raise ValueError("a backend needs at least one engine")
@@ -79,6 +83,10 @@ class InProcessBackend:
         self.decisions: DecisionLog | None = DecisionLog()
         self._now_s = now_s or (lambda: 0.0)  # the executor's timeline clock, for the decision log
         self._started = False
+        # cross-agent KV reuse isolation (reuse_plan.namespace_for): the scheduler derives each
+        # program's namespace from these, the executor the requests' (ProgramRun) from the same
+        self.tenant = tenant
+        self.share_kv_across_programs = share_kv_across_programs
 
     async def send(self, events: Sequence[Event]) -> Decision:
         if not self._started:  # the scheduler learns the workers before anything else
@@ -96,19 +104,25 @@ class InProcessBackend:
         return self.engines[0].encode_chat(messages)  # one model (one tokenizer) behind every engine
 
     async def open_program(self, program_id: Hashable, workflow: CompiledWorkflow) -> None:
-        await self.send([ProgramArrived(program_id=program_id, graph=workflow.graph)])
+        await self.send([ProgramArrived(program_id=program_id, graph=workflow.graph, tenant=self.tenant,
+                                        share_kv_across_programs=self.share_kv_across_programs)])
 
     async def call(self, request: GenerateRequest, *, step: str, expected_output_tokens: int,
-                   on_chunk: Callable[[TokenChunk], None] | None = None) -> tuple[str, GenerateResult]:
-        worker = await self._submit(request, step=step, expected_output_tokens=expected_output_tokens)
+                   on_chunk: Callable[[TokenChunk], None] | None = None,
+                   input_spans: Sequence[InputSpan] = ()) -> tuple[str, GenerateResult]:
+        worker = await self._submit(request, step=step, expected_output_tokens=expected_output_tokens,
+                                    input_spans=tuple(input_spans))
         result = await collect(self._generate(request, worker), where=f"worker {worker}", call_id=request.call_id,
                                on_chunk=on_chunk)
         return worker, result
 
-    async def _submit(self, request: GenerateRequest, *, step: str, expected_output_tokens: int) -> str:
+    async def _submit(self, request: GenerateRequest, *, step: str, expected_output_tokens: int,
+                      input_spans: tuple[InputSpan, ...] = ()) -> str:
+        # the decision this returns carries the call's reuse hints: every engine has applied it
+        # before the routed one sees the request
         d = await self.send([CallSubmitted(program_id=request.program_id, call_id=request.call_id, step=step,
                                            prefixes=request.prefixes, prompt_tokens=len(request.prompt_ids),
-                                           expected_output_tokens=expected_output_tokens)])
+                                           expected_output_tokens=expected_output_tokens, input_spans=input_spans)])
         for r in d.routes:  # the first worker of the scheduler's preference that this backend has
             if r.call_id == request.call_id:
                 for w in r.workers:

@@ -86,17 +86,20 @@ class Executor:
 
     def __init__(self, engines: Engine | Sequence[Engine] | None = None, *, backend: Backend | None = None,
                  link: SchedulerLink | None = None, policy: str = "agentflow", clock: Clock | None = None,
-                 namespace: str = "default", tick_s: float = 0.25):
+                 namespace: str = "default", tick_s: float = 0.25, share_kv_across_programs: bool = False):
         self.clock = clock or MonotonicClock()
         self._t0 = self.clock.now_s()
         if backend is None:
             if engines is None:
                 raise ValueError("give the engines to run on, or a backend")
-            backend = InProcessBackend(engines, link=link, policy=policy, clock=self.clock, now_s=self.now_s)
+            backend = InProcessBackend(engines, link=link, policy=policy, clock=self.clock, now_s=self.now_s,
+                                       tenant=namespace, share_kv_across_programs=share_kv_across_programs)
         elif engines is not None or link is not None:
             raise ValueError("give engines (and a link), or a backend, not both")
         self.backend = backend
-        self.namespace = namespace
+        self.namespace = namespace  # the tenant: part of every cache key
+        # cross-agent KV reuse: programs of one workflow share reused KV and anchors only if True
+        self.share_kv_across_programs = share_kv_across_programs
         self.tick_s = tick_s
         self._tg: anyio.abc.TaskGroup | None = None
         self._live = 0

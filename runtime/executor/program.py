@@ -33,7 +33,7 @@ disagree about where a program is.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from contextlib import nullcontext
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -44,6 +44,7 @@ from agentflow.conditions import resolve_reference
 from agentflow.graph.model import Branch, Fork, Loop, Next, StepKind
 from agentflow.runtime.engines.base import GenerateRequest, TokenChunk, prefix_chain
 from agentflow.runtime.executor.prompts import boundaries, render_arg, user_message
+from agentflow.runtime.reuse_plan import InputSpan, find_span, namespace_for
 from agentflow.runtime.executor.records import (
     ExecutionError, ProgramStatus, RunResult, StepFailed, StepRecord, TokenEvent, describe,
 )
@@ -70,6 +71,7 @@ class ProgramRun:
         self._conversations: dict[tuple[str, str | None], list[dict[str, str]]] = {}
         self._history: dict[tuple[str, str | None], tuple[int, ...]] = {}
         self._system_ids: dict[str, list[int]] = {}
+        self._output_ids: dict[str, tuple[int, ...]] = {}  # LLM step -> its last output's ids (reuse spans)
         self._clock = 0  # orders outputs, for "new inputs since this step last ran"
         self._produced: dict[str, int] = {}
         self._last_ran: dict[str, int] = {}
@@ -193,6 +195,11 @@ class ProgramRun:
             return policy.on_error
         raise StepFailed(name, attempts, last)
 
+    @property
+    def _reuse_namespace(self) -> str:
+        return namespace_for(tenant=self.ex.namespace, workflow=self.wf.name, program_id=self.program_id,
+                             share_across_programs=getattr(self.ex, "share_kv_across_programs", False))
+
     def _record(self, step: Step, attempt: int, **kw) -> StepRecord:
         r = StepRecord(program_id=self.program_id, step=step.name, kind=step.kind.value, agent=step.agent,
                        tool=step.tool, attempt=attempt, start_s=self.ex.now_s(), **kw)
@@ -266,7 +273,10 @@ class ProgramRun:
         max_new = max(1, step.max_tokens or step.expected_output_tokens or 1)
         rec = self._record(step, attempt, call_id=call_id, prompt_tokens=len(ids))
         request = GenerateRequest(call_id=call_id, program_id=self.program_id, prompt_ids=ids,
-                                  max_new_tokens=max_new, prefixes=refs, namespace=ex.namespace)
+                                  max_new_tokens=max_new, prefixes=refs, namespace=ex.namespace,
+                                  reuse_namespace=self._reuse_namespace)
+        spans = input_spans(ids, self.wf.graph.steps[step.name].inputs, self._output_ids,
+                            start=refs[-1].num_tokens if refs else 0)
         n_out = 0
 
         def chunk(item: TokenChunk) -> None:
@@ -279,12 +289,13 @@ class ProgramRun:
         try:
             rec.worker, result = await backend.call(request, step=step.name,
                                                     expected_output_tokens=step.expected_output_tokens,
-                                                    on_chunk=chunk)
+                                                    on_chunk=chunk, input_spans=spans)
         except BaseException as e:
             rec.status, rec.error, rec.end_s, rec.output_tokens = _status_of(e), describe(e), ex.now_s(), n_out
             raise
         rec.end_s = ex.now_s()
         rec.cached_tokens, rec.host_tokens = result.cached_tokens, result.host_tokens
+        rec.reused_tokens = result.reused_tokens
         rec.output_tokens = len(result.output_ids)
         rec.queued_s, rec.ttft_s, rec.engine_s = result.queued_s, result.ttft_s, result.duration_s
         rec.preview = _preview(result.text)
@@ -292,6 +303,7 @@ class ProgramRun:
         self._history[history] = ids + tuple(result.output_ids)
         self._last_ran[step.name] = marker  # outputs produced from here on are new to it
         self._produce(step.name, result.text)
+        self._output_ids[step.name] = tuple(result.output_ids)
         if step.parse is not None:
             self._parse(step, result.text)
 
@@ -305,6 +317,24 @@ class ProgramRun:
         updates = fn(text, self.state, step.name)
         if updates:
             self.state.update(updates)
+
+
+def input_spans(prompt_ids: Sequence[int], inputs: Sequence[str], output_ids: Mapping[str, Sequence[int]], *,
+                start: int = 0, max_trim: int = 2, min_tokens: int = 8) -> tuple[InputSpan, ...]:
+    """Where each input step's last output sits in the prompt, in tokens (searched from `start`:
+    the new user message, after the cached prefixes). The output was rendered as *text* and the
+    prompt re-tokenized, so a match may drop up to `max_trim` tokens at the ends (a token merged
+    at a boundary, an end-of-sequence token the text does not show). Inputs not found are left out."""
+    spans = []
+    for name in inputs:
+        out = output_ids.get(name)
+        if not out:
+            continue
+        found = find_span(prompt_ids, out, start=start, max_trim=max_trim, min_tokens=min_tokens)
+        if found is not None:
+            at, lo, n = found
+            spans.append(InputSpan(source_step=name, target_offset=at, num_tokens=n, source_offset=lo))
+    return tuple(spans)
 
 
 def _status_of(e: BaseException) -> str:

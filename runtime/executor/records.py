@@ -63,6 +63,7 @@ class StepRecord:
     prompt_tokens: int = 0
     cached_tokens: int = 0
     host_tokens: int = 0
+    reused_tokens: int = 0  # prompt tokens placed from another call's output (cross-agent KV reuse)
     output_tokens: int = 0
     queued_s: float | None = None  # engine time: submit -> admitted
     ttft_s: float | None = None  # engine time: submit -> first token
@@ -98,12 +99,13 @@ class DecisionSummary:
     priorities: int = 0  # eviction priorities set
     prefetches: int = 0
     admissions: int = 0  # admission orders sent
+    reuse_hints: int = 0  # cross-agent KV reuse hints (spans of new prompts that finished calls produced)
     lines: tuple[str, ...] = ()  # pins, unpins and prefetches, in order, in words
 
     def to_dict(self) -> dict[str, Any]:
         return {"decisions": self.decisions, "pins": self.pins, "unpins": dict(self.unpins),
                 "priorities": self.priorities, "prefetches": self.prefetches, "admissions": self.admissions,
-                "lines": list(self.lines)}
+                "reuse_hints": self.reuse_hints, "lines": list(self.lines)}
 
 
 class DecisionLog:
@@ -118,12 +120,14 @@ class DecisionLog:
 
     def summary(self, program_id: Hashable | None = None, *, max_lines: int = 200) -> DecisionSummary:
         """Counts and lines; with `program_id`, only its pins, unpins (and the decisions holding them)."""
-        n = pins = prios = prefetches = admits = 0
+        n = pins = prios = prefetches = admits = hints = 0
         unpins: Counter[str] = Counter()
         lines: list[str] = []
         for t, d in self.entries:
             mine_pins = [p for p in d.pins if program_id is None or p.program_id == program_id]
             mine_unpins = [u for u in d.unpins if program_id is None or u.program_id == program_id]
+            if program_id is None:
+                hints += len(d.reuse)
             if program_id is not None and not (mine_pins or mine_unpins):
                 continue
             n += 1
@@ -142,7 +146,7 @@ class DecisionLog:
                 for f in d.prefetches:
                     lines.append(f"{t:8.3f}s fetch  {f.prefix} ({f.num_tokens} tokens) to {f.worker}")
         return DecisionSummary(decisions=n, pins=pins, unpins=dict(unpins), priorities=prios, prefetches=prefetches,
-                               admissions=admits, lines=tuple(lines[:max_lines]))
+                               admissions=admits, reuse_hints=hints, lines=tuple(lines[:max_lines]))
 
 
 @dataclass(slots=True, kw_only=True)

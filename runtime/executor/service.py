@@ -19,6 +19,7 @@ from collections.abc import Callable, Hashable, Sequence
 from typing import Any
 
 from agentflow.runtime.engines.base import GenerateRequest, GenerateResult, TokenChunk
+from agentflow.runtime.reuse_plan import InputSpan
 from agentflow.workflow import CompiledWorkflow
 
 
@@ -38,7 +39,10 @@ class ServiceBackend:
         await self.client.open_program(str(program_id), workflow.spec().to_json(), tenant=self.tenant)
 
     async def call(self, request: GenerateRequest, *, step: str, expected_output_tokens: int,
-                   on_chunk: Callable[[TokenChunk], None] | None = None) -> tuple[str, GenerateResult]:
+                   on_chunk: Callable[[TokenChunk], None] | None = None,
+                   input_spans: Sequence[InputSpan] = ()) -> tuple[str, GenerateResult]:
+        # input_spans are not sent: the service's CallRequest (and its proto) has no field for them
+        # yet, so the service plans no cross-agent reuse (docs/cross-agent-reuse.md, "Scheduler side")
         from agentflow.runtime.service.core import CallRequest
 
         call = CallRequest(program_id=str(request.program_id), call_id=str(request.call_id), step=step,

@@ -101,18 +101,37 @@ def test_latest_call_wins_short_outputs_skipped_and_last_token_kept():
 
 
 def test_hints_from_spans_without_token_ids():
-    from agentflow.runtime.reuse_plan import InputSpan, hints_from_spans
+    """The scheduler's path: no token ids anywhere, sources named by call id, offset and length."""
+    from agentflow.runtime.reuse_plan import InputSpan, call_segment_key, hints_from_spans
 
     flows = input_steps(debate())
-    out1, out2 = tuple(range(2000, 2012)), tuple(range(3000, 3012))
-    finished = [FinishedCall(call_id=5, step="solve_s1", namespace=NS, output_ids=out1),
-                FinishedCall(call_id=6, step="solve_s2", namespace=NS, output_ids=out2),
-                FinishedCall(call_id=7, step="solve_s3", namespace="other", output_ids=out2)]
-    spans = [InputSpan(source_step="solve_s2", target_offset=40, num_tokens=12),
+    finished = [FinishedCall(call_id=5, step="solve_s1", namespace=NS, num_output_tokens=12),
+                FinishedCall(call_id=6, step="solve_s2", namespace=NS, num_output_tokens=13),
+                FinishedCall(call_id=7, step="solve_s3", namespace="other", num_output_tokens=12)]
+    spans = [InputSpan(source_step="solve_s2", target_offset=40, num_tokens=12, source_offset=1),
              InputSpan(source_step="solve_s1", target_offset=20, num_tokens=12),
              InputSpan(source_step="solve_s3", target_offset=60, num_tokens=12),  # other namespace
              InputSpan(source_step="solve_s1", target_offset=25, num_tokens=12)]  # overlaps the first
     hints = hints_from_spans(target_call_id="c9", target_step="judge", namespace=NS, prompt_tokens=80, flows=flows,
                              spans=spans, finished=finished)
-    assert [(h.source_call_id, h.target_offset, h.target_call_id) for h in hints] == [(5, 20, "c9"), (6, 40, "c9")]
-    assert hints[0].key == segment_key(NS, out1)
+    assert [(h.source_call_id, h.source_offset, h.target_offset, h.num_tokens, h.target_call_id, h.kind)
+            for h in hints] == [(5, 0, 20, 12, "c9", "solve_s1->judge"), (6, 1, 40, 12, "c9", "solve_s2->judge")]
+    assert hints[0].key == call_segment_key(NS, 5, 0, 12)
+    assert call_segment_key(NS, 5, 0, 12) != call_segment_key("t2/wf:debate/p:7", 5, 0, 12)  # namespace in the key
+    assert FinishedCall(call_id=1, step="s", namespace=NS, output_ids=(1, 2, 3)).num_output_tokens == 3
+
+
+@pytest.mark.parametrize(("span", "why"), [
+    (dict(target_offset=20, num_tokens=7), "shorter than min_tokens"),
+    (dict(target_offset=20, num_tokens=12, source_offset=1), "runs past the source's 12 output tokens"),
+    (dict(target_offset=68, num_tokens=12), "reaches the prompt's last token (80 tokens)"),
+    (dict(target_offset=-1, num_tokens=12), "negative offset"),
+])
+def test_hints_from_spans_drops_spans_that_do_not_fit(span, why):
+    from agentflow.runtime.reuse_plan import InputSpan, hints_from_spans
+
+    finished = [FinishedCall(call_id=5, step="solve_s1", namespace=NS, num_output_tokens=12)]
+    hints = hints_from_spans(target_call_id="c9", target_step="judge", namespace=NS, prompt_tokens=80,
+                             flows=input_steps(debate()), spans=[InputSpan(source_step="solve_s1", **span)],
+                             finished=finished)
+    assert hints == (), why

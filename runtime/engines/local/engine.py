@@ -28,6 +28,12 @@ requests (`GenerateRequest.prefixes`) and from what it reports cached (`prefix_k
 naming a key it never saw is ignored. The namespace is the tree's root split: two namespaces never
 share a node.
 
+Cross-agent reuse (`Decision.reuse`, reuse/outputs.py). A finished call's output KV is also kept
+position-neutral under its request's `reuse_namespace`; a later call with hints whose spans hold
+that output is prefilled with `prefill_with_reuse` (the radix hit as exact prefix) instead of the
+packed forward. Its KV from the first placed token on is approximate, so only the part before it
+enters the tree when it finishes: a prefix hit is always exactly computed KV.
+
 Outputs. Greedy (temperature 0), or sampled with temperature / top-p from a per-request generator
 (`seed`); `forced_output_ids` feeds the given tokens whatever the model predicts (replays and
 benchmarks: every policy does the same work), still computing their logits as real serving would.
@@ -64,6 +70,9 @@ from agentflow.runtime.engines.local.cache import Hit, PrefixCache
 from agentflow.runtime.engines.local.forward import PackedForward, Segment
 from agentflow.runtime.engines.local.model import LoadedModel
 from agentflow.runtime.engines.local.pool import KVGeometry, SlotPool
+from agentflow.runtime.engines.local.reuse.anchors import AnchorConfig
+from agentflow.runtime.engines.local.reuse.outputs import DEFAULT_REUSE_CONFIG, OutputReuse, ReusePlan, ReuseStats
+from agentflow.runtime.engines.local.reuse.prefill import ReuseConfig
 from agentflow.runtime.engines.prefix_book import PrefixBook
 from agentflow.runtime.engines.local.sampling import pick_tokens
 from agentflow.runtime.engines.sim.radix import TOKEN_BYTES as B
@@ -97,6 +106,10 @@ class _Seq:
     cancelled: bool = False
     error: str | None = None
     logits: torch.Tensor | None = None  # the last logits (next_token_logits)
+    # cross-agent reuse (reuse/outputs.py)
+    reuse: ReusePlan | None = None  # set at admission when hints apply; cleared once prefilled
+    exact_tokens: int | None = None  # leading tokens with exact KV (None: all); only these are cached
+    reused_tokens: int = 0
 
     @property
     def prompt_len(self) -> int:
@@ -114,7 +127,9 @@ class LocalEngine:
                  kv_capacity_tokens: int = DEFAULT_KV_CAPACITY_TOKENS, host_capacity_tokens: int = 0,
                  strategy: str = "lru", chunk_tokens: int = 512, max_running: int = 32,
                  clock: Clock | None = None, prefill_tokens_per_s: float | None = None,
-                 h2d_tokens_per_s: float | None = None, max_known_prefixes: int = 65536):
+                 h2d_tokens_per_s: float | None = None, max_known_prefixes: int = 65536,
+                 reuse: ReuseConfig | None = DEFAULT_REUSE_CONFIG, reuse_anchors: AnchorConfig | None = None,
+                 reuse_capacity_tokens: int = 16_384):
         if model is None:
             from agentflow.runtime.engines.local.model import load_smollm2
 
@@ -154,6 +169,9 @@ class LocalEngine:
         self._closed = False
         self.steps = 0
         self.step_log: list[tuple[int, int, int, int, float]] | None = None  # calibration: see log_steps
+        # cross-agent KV reuse (Decision.reuse); None: hints are ignored and no output is kept
+        self.reuse = (OutputReuse(model.model, self.pool, config=reuse, anchors=reuse_anchors,
+                                  capacity_tokens=reuse_capacity_tokens) if reuse is not None else None)
 
     # ---- tokens --------------------------------------------------------------------------------
     def encode_chat(self, messages: Sequence[dict[str, str]]) -> list[int]:
@@ -229,17 +247,23 @@ class LocalEngine:
         parent = req.prefixes[-1].key if req.prefixes else None
         full_ref = PrefixRef(key=prefix_key(req.namespace, full), parent=parent, num_tokens=len(full),
                              namespace=req.namespace)
+        cached = tuple(req.prefixes) + (full_ref,)
+        if seq.exact_tokens is not None:  # only the exact part was cached (reused KV never is)
+            cached = tuple(r for r in req.prefixes if r.num_tokens <= seq.exact_tokens)
         return GenerateResult(
             call_id=req.call_id, output_ids=out, text=self.decode(out), prompt_tokens=seq.prompt_len,
             cached_tokens=seq.cached - seq.host_tokens, host_tokens=seq.host_tokens,
+            reused_tokens=seq.reused_tokens,
             queued_s=(seq.admitted_s or seq.submitted_s) - seq.submitted_s,
             ttft_s=(seq.first_token_s or seq.finished_s) - seq.submitted_s,
             duration_s=seq.finished_s - seq.submitted_s, finish_reason=seq.finish_reason or "length",
-            cached=tuple(req.prefixes) + (full_ref,))
+            cached=cached)
 
     def _cancel(self, seq: _Seq) -> None:
         """Drop a request: out of the queue now; a running one's slots once no step uses them."""
         seq.cancelled = True
+        if self.reuse is not None:
+            self.reuse.forget(seq.request.call_id)
         if seq in self._waiting:
             self._waiting.remove(seq)
         elif seq in self._running:
@@ -326,6 +350,9 @@ class LocalEngine:
         seq.host_tokens = max(0, cached - (hit.num_tokens - hit.host_tokens))
         seq.slots = torch.cat([hit.slots[:cached], own])
         seq.admitted_s = self._clock.now_s()
+        if self.reuse is not None and self.reuse.has_hints(seq.request.call_id):
+            req = seq.request
+            seq.reuse = self.reuse.plan(req.call_id, req.reuse_namespace, req.prompt_ids, cached)
         return True
 
     # ---- one step ------------------------------------------------------------------------------
@@ -340,7 +367,10 @@ class LocalEngine:
                                            want_logits=True)))
         for seq in self._running:
             if seq.prefilling and budget > 0:
-                n = min(budget, seq.prompt_len - seq.computed)
+                # a prompt with placed segments is prefilled in one go (prefill_with_reuse)
+                n = seq.prompt_len - seq.computed
+                if seq.reuse is None:
+                    n = min(budget, n)
                 ids = seq.request.prompt_ids[seq.computed: seq.computed + n]
                 batch.append((seq, Segment(token_ids=ids, start=seq.computed, slots=seq.slots,
                                            want_logits=seq.computed + n == seq.prompt_len)))
@@ -348,8 +378,21 @@ class LocalEngine:
         return batch
 
     def _compute(self, batch: list[tuple[_Seq, Segment]]) -> list[tuple[int | None, torch.Tensor | None]]:
-        """(model thread) The forward, then a token for each segment that produced logits."""
-        logits = self.forward([s for _, s in batch])
+        """(model thread) The forward, then a token for each segment that produced logits. Prompts
+        with placed segments go through `prefill_with_reuse` instead of the packed forward."""
+        reusing = [seq.reuse is not None and seg.start < seq.prompt_len for seq, seg in batch]
+        if not any(reusing):
+            logits = self.forward([s for _, s in batch])
+        else:
+            packed = [s for (_, s), r in zip(batch, reusing, strict=True) if not r]
+            rows = iter(self.forward(packed) if packed else ())
+            picked_rows = []
+            for (seq, seg), r in zip(batch, reusing, strict=True):
+                if r:
+                    picked_rows.append(self.reuse.prefill(seq.reuse, seq.request.prompt_ids, seq.slots))
+                elif seg.want_logits:
+                    picked_rows.append(next(rows))
+            logits = torch.stack(picked_rows)
         out: list[tuple[int | None, torch.Tensor | None]] = []
         rows = [(seq, seg) for seq, seg in batch if seg.want_logits]
         tokens = pick_tokens(logits, [self._choice(seq) for seq, _ in rows])
@@ -376,6 +419,10 @@ class LocalEngine:
             if seq.cancelled or seq.hit is None:
                 continue
             seq.computed = seg.start + len(seg.token_ids)
+            if seq.reuse is not None and not seq.prefilling:  # its reuse prefill just ran
+                seq.reused_tokens = self.reuse.account(seq.reuse)
+                seq.exact_tokens = seq.reuse.exact_tokens
+                seq.reuse = None
             if tok is None:
                 continue
             seq.logits = row
@@ -398,14 +445,20 @@ class LocalEngine:
         n = seq.computed
         full = seq.tokens + pack_tokens(seq.output[:-1]) if len(seq.output) > 1 else seq.tokens
         full = full[: n * B]
-        self.cache.insert(full, seq.slots, ns, own_from=seq.cached, priority=0)
-        self.cache.release(seq.slots[n:])  # outputs never written (an early stop)
-        self.cache.tree.insert(seq.tokens, priority=1, namespace=ns)  # the prompt outlives its tail
+        if self.reuse is not None:  # its output KV, position-neutral, for later prompts that contain it
+            self.reuse.keep(req.call_id, req.reuse_namespace, seq.output[: n - seq.prompt_len],
+                            seq.slots[seq.prompt_len:], seq.prompt_len)
+        exact = n if seq.exact_tokens is None else seq.exact_tokens  # reused KV never enters the tree
+        self.cache.insert(full[: exact * B], seq.slots, ns, own_from=seq.cached, priority=0)
+        self.cache.release(seq.slots[exact:])  # approximate KV, and outputs never written (an early stop)
+        # the prompt outlives its tail
+        self.cache.tree.insert(seq.tokens[: min(exact, seq.prompt_len) * B], priority=1, namespace=ns)
         self.cache.unlock(seq.hit.node)
         seq.hit = None
         last = req.prefixes[-1] if req.prefixes else None
         key = prefix_key(ns, tuple(req.prompt_ids) + tuple(seq.output))
-        self.book.remember(key, ns, full, len(full) // B, last.num_tokens if last else 0)
+        if exact == n:
+            self.book.remember(key, ns, full, len(full) // B, last.num_tokens if last else 0)
         if req.priority is not None:
             self._set_priority(ns, full, req.priority, last.num_tokens if last else 0)
         for ref in req.prefixes:  # the sequence was just inserted: its prefixes keep their priorities
@@ -503,10 +556,17 @@ class LocalEngine:
             if (f.worker == self.name and known is not None and self.cache.host is not None
                     and self.cache.prefetch(known.tokens(), known.namespace)):
                 self._apply_priority(f.prefix)
+        if decision.reuse and self.reuse is not None:
+            self.reuse.add(decision.reuse)  # applied when the target call is admitted
         if decision.admit:
             self._rank = {c: i for i, c in enumerate(decision.admit)}
         if decision.unpins or decision.admit:
             self._kick()
+
+    @property
+    def reuse_stats(self) -> ReuseStats:
+        """Cross-agent reuse counters: hints, placed segments, reused vs computed tokens, skips by reason."""
+        return self.reuse.stats if self.reuse is not None else ReuseStats()
 
     def load(self) -> EngineLoad:
         resident = ()

@@ -220,7 +220,9 @@ class SGLangEngine:
 
     def apply(self, decision: Decision) -> None:
         """Queue the decision's control message; one sender task posts them in order. Never blocks
-        inside an event loop; without one (a synchronous caller) it posts directly."""
+        inside an event loop; without one (a synchronous caller) it posts directly.
+        `decision.reuse` (cross-agent KV reuse hints) is ignored: SGLang has no API for placing
+        KV anywhere but as a prefix; only the local engine applies it."""
         actions = self.control_actions(decision)
         self._track_pins(decision)
         if not actions or self._closed:

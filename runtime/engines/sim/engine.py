@@ -395,7 +395,9 @@ class SimEngine:
     def apply(self, decision: Decision) -> None:
         """The replay's semantics for this worker: unpins, pins, priorities (shallow first, each
         above its parent), prefetches (host -> GPU transfers that land after the h2d time), and
-        the admission order. Routes are the caller's business (it chose this engine)."""
+        the admission order. Routes are the caller's business (it chose this engine).
+        `decision.reuse` (cross-agent KV reuse hints) is ignored: the simulated worker has no KV
+        to place; only the local engine applies it."""
         mine = (None, self.name)
         w = self.worker
         self._land_transfers()
