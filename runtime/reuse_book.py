@@ -61,7 +61,7 @@ class ReuseBook:
                 flows=input_steps(g))
         elif isinstance(event, CallSubmitted):
             prog = self._programs.get(event.program_id)
-            if prog is None:
+            if prog is None or not prog.flows:  # no step reads another's output: nothing to plan or remember
                 return
             self._calls[event.call_id] = _Call(program_id=event.program_id, step=event.step,
                                                prompt_tokens=event.prompt_tokens, spans=tuple(event.input_spans))
