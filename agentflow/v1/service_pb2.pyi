@@ -19,6 +19,38 @@ class Prefix(_message.Message):
     namespace: str
     def __init__(self, key: _Optional[str] = ..., parent: _Optional[str] = ..., num_tokens: _Optional[int] = ..., namespace: _Optional[str] = ...) -> None: ...
 
+class InputSpan(_message.Message):
+    __slots__ = ("source_step", "target_offset", "num_tokens", "source_offset")
+    SOURCE_STEP_FIELD_NUMBER: _ClassVar[int]
+    TARGET_OFFSET_FIELD_NUMBER: _ClassVar[int]
+    NUM_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_OFFSET_FIELD_NUMBER: _ClassVar[int]
+    source_step: str
+    target_offset: int
+    num_tokens: int
+    source_offset: int
+    def __init__(self, source_step: _Optional[str] = ..., target_offset: _Optional[int] = ..., num_tokens: _Optional[int] = ..., source_offset: _Optional[int] = ...) -> None: ...
+
+class ReuseHint(_message.Message):
+    __slots__ = ("key", "namespace", "kind", "source_call_id", "source_step", "target_offset", "num_tokens", "source_offset")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_CALL_ID_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_STEP_FIELD_NUMBER: _ClassVar[int]
+    TARGET_OFFSET_FIELD_NUMBER: _ClassVar[int]
+    NUM_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_OFFSET_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    namespace: str
+    kind: str
+    source_call_id: str
+    source_step: str
+    target_offset: int
+    num_tokens: int
+    source_offset: int
+    def __init__(self, key: _Optional[str] = ..., namespace: _Optional[str] = ..., kind: _Optional[str] = ..., source_call_id: _Optional[str] = ..., source_step: _Optional[str] = ..., target_offset: _Optional[int] = ..., num_tokens: _Optional[int] = ..., source_offset: _Optional[int] = ...) -> None: ...
+
 class WorkerLoad(_message.Message):
     __slots__ = ("kv_used_tokens", "queue_depth", "running", "pinned_tokens")
     KV_USED_TOKENS_FIELD_NUMBER: _ClassVar[int]
@@ -84,16 +116,18 @@ class HeartbeatResponse(_message.Message):
     def __init__(self, known: _Optional[bool] = ..., scheduler_epoch: _Optional[str] = ...) -> None: ...
 
 class OpenProgramRequest(_message.Message):
-    __slots__ = ("program_id", "tenant", "workflow_spec", "workflow_hash")
+    __slots__ = ("program_id", "tenant", "workflow_spec", "workflow_hash", "share_kv_across_programs")
     PROGRAM_ID_FIELD_NUMBER: _ClassVar[int]
     TENANT_FIELD_NUMBER: _ClassVar[int]
     WORKFLOW_SPEC_FIELD_NUMBER: _ClassVar[int]
     WORKFLOW_HASH_FIELD_NUMBER: _ClassVar[int]
+    SHARE_KV_ACROSS_PROGRAMS_FIELD_NUMBER: _ClassVar[int]
     program_id: str
     tenant: str
     workflow_spec: str
     workflow_hash: str
-    def __init__(self, program_id: _Optional[str] = ..., tenant: _Optional[str] = ..., workflow_spec: _Optional[str] = ..., workflow_hash: _Optional[str] = ...) -> None: ...
+    share_kv_across_programs: bool
+    def __init__(self, program_id: _Optional[str] = ..., tenant: _Optional[str] = ..., workflow_spec: _Optional[str] = ..., workflow_hash: _Optional[str] = ..., share_kv_across_programs: _Optional[bool] = ...) -> None: ...
 
 class OpenProgramResponse(_message.Message):
     __slots__ = ("workflow_hash", "created")
@@ -104,7 +138,7 @@ class OpenProgramResponse(_message.Message):
     def __init__(self, workflow_hash: _Optional[str] = ..., created: _Optional[bool] = ...) -> None: ...
 
 class SubmitCallRequest(_message.Message):
-    __slots__ = ("program_id", "call_id", "step", "prefixes", "prompt_tokens", "expected_output_tokens", "event_seq", "failed_worker")
+    __slots__ = ("program_id", "call_id", "step", "prefixes", "prompt_tokens", "expected_output_tokens", "event_seq", "failed_worker", "input_spans")
     PROGRAM_ID_FIELD_NUMBER: _ClassVar[int]
     CALL_ID_FIELD_NUMBER: _ClassVar[int]
     STEP_FIELD_NUMBER: _ClassVar[int]
@@ -113,6 +147,7 @@ class SubmitCallRequest(_message.Message):
     EXPECTED_OUTPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     EVENT_SEQ_FIELD_NUMBER: _ClassVar[int]
     FAILED_WORKER_FIELD_NUMBER: _ClassVar[int]
+    INPUT_SPANS_FIELD_NUMBER: _ClassVar[int]
     program_id: str
     call_id: str
     step: str
@@ -121,19 +156,22 @@ class SubmitCallRequest(_message.Message):
     expected_output_tokens: int
     event_seq: int
     failed_worker: str
-    def __init__(self, program_id: _Optional[str] = ..., call_id: _Optional[str] = ..., step: _Optional[str] = ..., prefixes: _Optional[_Iterable[_Union[Prefix, _Mapping]]] = ..., prompt_tokens: _Optional[int] = ..., expected_output_tokens: _Optional[int] = ..., event_seq: _Optional[int] = ..., failed_worker: _Optional[str] = ...) -> None: ...
+    input_spans: _containers.RepeatedCompositeFieldContainer[InputSpan]
+    def __init__(self, program_id: _Optional[str] = ..., call_id: _Optional[str] = ..., step: _Optional[str] = ..., prefixes: _Optional[_Iterable[_Union[Prefix, _Mapping]]] = ..., prompt_tokens: _Optional[int] = ..., expected_output_tokens: _Optional[int] = ..., event_seq: _Optional[int] = ..., failed_worker: _Optional[str] = ..., input_spans: _Optional[_Iterable[_Union[InputSpan, _Mapping]]] = ...) -> None: ...
 
 class CallHints(_message.Message):
-    __slots__ = ("priority", "session_id", "steps_to_execution", "reuse_prefixes")
+    __slots__ = ("priority", "session_id", "steps_to_execution", "reuse_prefixes", "reuse")
     PRIORITY_FIELD_NUMBER: _ClassVar[int]
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     STEPS_TO_EXECUTION_FIELD_NUMBER: _ClassVar[int]
     REUSE_PREFIXES_FIELD_NUMBER: _ClassVar[int]
+    REUSE_FIELD_NUMBER: _ClassVar[int]
     priority: int
     session_id: str
     steps_to_execution: float
     reuse_prefixes: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, priority: _Optional[int] = ..., session_id: _Optional[str] = ..., steps_to_execution: _Optional[float] = ..., reuse_prefixes: _Optional[_Iterable[str]] = ...) -> None: ...
+    reuse: _containers.RepeatedCompositeFieldContainer[ReuseHint]
+    def __init__(self, priority: _Optional[int] = ..., session_id: _Optional[str] = ..., steps_to_execution: _Optional[float] = ..., reuse_prefixes: _Optional[_Iterable[str]] = ..., reuse: _Optional[_Iterable[_Union[ReuseHint, _Mapping]]] = ...) -> None: ...
 
 class SubmitCallResponse(_message.Message):
     __slots__ = ("call_id", "worker_id", "worker_address", "route_reason", "predicted_ttft_s", "hints", "error", "error_code")
@@ -334,7 +372,7 @@ class HealthResponse(_message.Message):
     def __init__(self, status: _Optional[_Union[HealthResponse.Status, str]] = ..., scheduler_epoch: _Optional[str] = ..., open_programs: _Optional[int] = ..., waiting_calls: _Optional[int] = ..., workers: _Optional[_Iterable[_Union[WorkerInfo, _Mapping]]] = ..., policy: _Optional[str] = ..., decisions_per_s: _Optional[float] = ...) -> None: ...
 
 class GenerateRequest(_message.Message):
-    __slots__ = ("call_id", "program_id", "prompt_ids", "max_new_tokens", "temperature", "top_p", "seed", "ignore_eos", "forced_output_ids", "prefixes", "namespace", "hints")
+    __slots__ = ("call_id", "program_id", "prompt_ids", "max_new_tokens", "temperature", "top_p", "seed", "ignore_eos", "forced_output_ids", "prefixes", "namespace", "hints", "reuse_namespace")
     CALL_ID_FIELD_NUMBER: _ClassVar[int]
     PROGRAM_ID_FIELD_NUMBER: _ClassVar[int]
     PROMPT_IDS_FIELD_NUMBER: _ClassVar[int]
@@ -347,6 +385,7 @@ class GenerateRequest(_message.Message):
     PREFIXES_FIELD_NUMBER: _ClassVar[int]
     NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     HINTS_FIELD_NUMBER: _ClassVar[int]
+    REUSE_NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     call_id: str
     program_id: str
     prompt_ids: _containers.RepeatedScalarFieldContainer[int]
@@ -359,10 +398,11 @@ class GenerateRequest(_message.Message):
     prefixes: _containers.RepeatedCompositeFieldContainer[Prefix]
     namespace: str
     hints: CallHints
-    def __init__(self, call_id: _Optional[str] = ..., program_id: _Optional[str] = ..., prompt_ids: _Optional[_Iterable[int]] = ..., max_new_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., seed: _Optional[int] = ..., ignore_eos: _Optional[bool] = ..., forced_output_ids: _Optional[_Iterable[int]] = ..., prefixes: _Optional[_Iterable[_Union[Prefix, _Mapping]]] = ..., namespace: _Optional[str] = ..., hints: _Optional[_Union[CallHints, _Mapping]] = ...) -> None: ...
+    reuse_namespace: str
+    def __init__(self, call_id: _Optional[str] = ..., program_id: _Optional[str] = ..., prompt_ids: _Optional[_Iterable[int]] = ..., max_new_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., seed: _Optional[int] = ..., ignore_eos: _Optional[bool] = ..., forced_output_ids: _Optional[_Iterable[int]] = ..., prefixes: _Optional[_Iterable[_Union[Prefix, _Mapping]]] = ..., namespace: _Optional[str] = ..., hints: _Optional[_Union[CallHints, _Mapping]] = ..., reuse_namespace: _Optional[str] = ...) -> None: ...
 
 class GenerateResult(_message.Message):
-    __slots__ = ("output_ids", "text", "prompt_tokens", "cached_tokens", "host_tokens", "queued_s", "ttft_s", "duration_s", "finish_reason", "cached")
+    __slots__ = ("output_ids", "text", "prompt_tokens", "cached_tokens", "host_tokens", "queued_s", "ttft_s", "duration_s", "finish_reason", "cached", "reused_tokens")
     OUTPUT_IDS_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
     PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
@@ -373,6 +413,7 @@ class GenerateResult(_message.Message):
     DURATION_S_FIELD_NUMBER: _ClassVar[int]
     FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
     CACHED_FIELD_NUMBER: _ClassVar[int]
+    REUSED_TOKENS_FIELD_NUMBER: _ClassVar[int]
     output_ids: _containers.RepeatedScalarFieldContainer[int]
     text: str
     prompt_tokens: int
@@ -383,7 +424,8 @@ class GenerateResult(_message.Message):
     duration_s: float
     finish_reason: str
     cached: _containers.RepeatedCompositeFieldContainer[Prefix]
-    def __init__(self, output_ids: _Optional[_Iterable[int]] = ..., text: _Optional[str] = ..., prompt_tokens: _Optional[int] = ..., cached_tokens: _Optional[int] = ..., host_tokens: _Optional[int] = ..., queued_s: _Optional[float] = ..., ttft_s: _Optional[float] = ..., duration_s: _Optional[float] = ..., finish_reason: _Optional[str] = ..., cached: _Optional[_Iterable[_Union[Prefix, _Mapping]]] = ...) -> None: ...
+    reused_tokens: int
+    def __init__(self, output_ids: _Optional[_Iterable[int]] = ..., text: _Optional[str] = ..., prompt_tokens: _Optional[int] = ..., cached_tokens: _Optional[int] = ..., host_tokens: _Optional[int] = ..., queued_s: _Optional[float] = ..., ttft_s: _Optional[float] = ..., duration_s: _Optional[float] = ..., finish_reason: _Optional[str] = ..., cached: _Optional[_Iterable[_Union[Prefix, _Mapping]]] = ..., reused_tokens: _Optional[int] = ...) -> None: ...
 
 class GenerateEvent(_message.Message):
     __slots__ = ("chunk", "result")

@@ -27,6 +27,7 @@ from typing import Protocol, runtime_checkable
 
 from agentflow.runtime.decision import Decision
 from agentflow.runtime.prefixes import PrefixRef
+from agentflow.runtime.reuse_plan import ReuseHint
 
 
 def prefix_key(namespace: str, token_ids: Sequence[int]) -> str:
@@ -70,6 +71,10 @@ class GenerateRequest:
     # cross-agent KV reuse (reuse_plan.namespace_for): an engine that reuses KV keeps this call's
     # output under it and places only KV of the same namespace here (Decision.reuse); None: neither
     reuse_namespace: str | None = None
+    # this call's cross-agent reuse hints, travelling with it (the scheduler service's SubmitCall
+    # answer): an engine that reuses KV registers them on submission, as if from Decision.reuse;
+    # engines that do not (sim, SGLang) ignore them
+    reuse: tuple[ReuseHint, ...] = ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

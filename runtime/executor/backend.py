@@ -2,7 +2,8 @@
 
 A running program needs five things from the world outside it, all program-level:
 
-    open_program(id, workflow)                 the program exists (its step graph, for planning)
+    open_program(id, workflow, tenant, share)  the program exists (its step graph, for planning; its
+                                               tenant and opt-in: its cross-agent reuse namespace)
     encode_chat(messages)                      the model's tokens for a prompt (prefixes are cut on them)
     call(request, step, expected, on_chunk)    an LLM call: routed, run, streamed -> (worker, result)
     tool(id, step, tool, finished, s)          a tool call starts / ends (measured wall seconds)
@@ -11,7 +12,8 @@ A running program needs five things from the world outside it, all program-level
 `InProcessBackend` is a scheduler in this process (behind a `SchedulerLink`) plus engines: it turns
 those into scheduler events (ProgramArrived; CallSubmitted -> route, CallStarted, CallFinished with
 what the engine cached; ToolStarted/Finished; ProgramFinished), applies every Decision to every
-engine, and keeps the log of decisions.
+engine (but its reuse hints: each goes with its call's request, `GenerateRequest.reuse`, as
+through the service), and keeps the log of decisions.
 
 `ServiceBackend` (service.py) is the scheduler service: the same five map one to one onto
 `ServiceClient` (gRPC, `agentflow run FILE --engine ADDR`) or `InProcessClient` (open_program,
@@ -22,6 +24,7 @@ The executor never needs to know which it has.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Hashable, Sequence
+from dataclasses import replace
 from typing import Protocol, runtime_checkable
 
 import anyio
@@ -35,7 +38,7 @@ from agentflow.runtime.events import (
 )
 from agentflow.runtime.executor.link import InProcessLink, SchedulerLink
 from agentflow.runtime.executor.records import DecisionLog
-from agentflow.runtime.reuse_plan import InputSpan
+from agentflow.runtime.reuse_plan import InputSpan, ReuseHint
 from agentflow.workflow import CompiledWorkflow
 
 
@@ -45,7 +48,11 @@ class Backend(Protocol):
 
     def encode_chat(self, messages: Sequence[dict[str, str]]) -> list[int]: ...
 
-    async def open_program(self, program_id: Hashable, workflow: CompiledWorkflow) -> None: ...
+    async def open_program(self, program_id: Hashable, workflow: CompiledWorkflow, *, tenant: str | None = None,
+                           share_kv_across_programs: bool | None = None) -> None:
+        """The program starts. `tenant` and `share_kv_across_programs` (None: the backend's own) are
+        the executor's: the scheduler derives the program's reuse namespace from them
+        (reuse_plan.namespace_for) as the executor does for its requests' `reuse_namespace`."""
 
     async def call(self, request: GenerateRequest, *, step: str, expected_output_tokens: int,
                    on_chunk: Callable[[TokenChunk], None] | None = None,
@@ -95,40 +102,46 @@ class InProcessBackend:
         d = await self.link.send(events)
         if not d.empty:
             self.decisions.add(self._now_s(), d)
+            # reuse hints are not broadcast: each goes with its call (call(), as through the service)
+            part = replace(d, reuse=()) if d.reuse else d
             for e in self.engines:
-                e.apply(d)
+                e.apply(part)
         return d
 
     # ---- the six operations --------------------------------------------------------------------
     def encode_chat(self, messages: Sequence[dict[str, str]]) -> list[int]:
         return self.engines[0].encode_chat(messages)  # one model (one tokenizer) behind every engine
 
-    async def open_program(self, program_id: Hashable, workflow: CompiledWorkflow) -> None:
-        await self.send([ProgramArrived(program_id=program_id, graph=workflow.graph, tenant=self.tenant,
-                                        share_kv_across_programs=self.share_kv_across_programs)])
+    async def open_program(self, program_id: Hashable, workflow: CompiledWorkflow, *, tenant: str | None = None,
+                           share_kv_across_programs: bool | None = None) -> None:
+        share = self.share_kv_across_programs if share_kv_across_programs is None else share_kv_across_programs
+        await self.send([ProgramArrived(program_id=program_id, graph=workflow.graph, tenant=tenant or self.tenant,
+                                        share_kv_across_programs=share)])
 
     async def call(self, request: GenerateRequest, *, step: str, expected_output_tokens: int,
                    on_chunk: Callable[[TokenChunk], None] | None = None,
                    input_spans: Sequence[InputSpan] = ()) -> tuple[str, GenerateResult]:
-        worker = await self._submit(request, step=step, expected_output_tokens=expected_output_tokens,
-                                    input_spans=tuple(input_spans))
+        worker, reuse = await self._submit(request, step=step, expected_output_tokens=expected_output_tokens,
+                                           input_spans=tuple(input_spans))
+        if reuse:  # the call's reuse hints go with it, as the service's Generate carries them
+            request = replace(request, reuse=request.reuse or reuse)
         result = await collect(self._generate(request, worker), where=f"worker {worker}", call_id=request.call_id,
                                on_chunk=on_chunk)
         return worker, result
 
     async def _submit(self, request: GenerateRequest, *, step: str, expected_output_tokens: int,
-                      input_spans: tuple[InputSpan, ...] = ()) -> str:
-        # the decision this returns carries the call's reuse hints: every engine has applied it
-        # before the routed one sees the request
+                      input_spans: tuple[InputSpan, ...] = ()) -> tuple[str, tuple[ReuseHint, ...]]:
+        """(the worker to run on, the call's reuse hints from the decision that admitted it)."""
         d = await self.send([CallSubmitted(program_id=request.program_id, call_id=request.call_id, step=step,
                                            prefixes=request.prefixes, prompt_tokens=len(request.prompt_ids),
                                            expected_output_tokens=expected_output_tokens, input_spans=input_spans)])
+        reuse = tuple(h for h in d.reuse if h.target_call_id == request.call_id)
         for r in d.routes:  # the first worker of the scheduler's preference that this backend has
             if r.call_id == request.call_id:
                 for w in r.workers:
                     if w in self._by_name:
-                        return w
-        return self.engines[0].name
+                        return w, reuse
+        return self.engines[0].name, reuse
 
     async def _generate(self, request: GenerateRequest, worker: str) -> AsyncIterator[TokenChunk | GenerateResult]:
         engine = self._by_name[worker]

@@ -84,7 +84,9 @@ class ProgramRun:
 
     # ---- the program ---------------------------------------------------------------------------
     async def run(self) -> RunResult:
-        await self.ex.backend.open_program(self.program_id, self.wf)
+        # the tenant and opt-in of the requests' reuse_namespace: the scheduler derives the same one
+        await self.ex.backend.open_program(self.program_id, self.wf, tenant=self.ex.namespace,
+                                           share_kv_across_programs=getattr(self.ex, "share_kv_across_programs", False))
         cancelled = anyio.get_cancelled_exc_class()
         try:
             await self._run_from(self.wf.entry, None)

@@ -1,8 +1,10 @@
 """`ServiceBackend`: programs run through the scheduler service instead of a scheduler here.
 
     ProgramRun ──> ServiceBackend ──> client: ServiceClient (gRPC)  or  InProcessClient
-      open_program(id, wf)            open_program(id, wf.spec().to_json())
-      call(request, step, ...)        run_call(CallRequest, request, on_chunk) -> (route, result)
+      open_program(id, wf, tenant,    open_program(id, wf.spec().to_json(), tenant=...,
+                   share)                          share_kv_across_programs=...)
+      call(request, step, spans, ...) run_call(CallRequest(+ input_spans), request, on_chunk)
+                                        -> (route + its reuse hints, result)
       tool(id, step, ...)             tool(id, step=..., tool=..., finished=..., duration_s=...)
       close_program(id, cancelled)    close_program(id, cancelled=...)
 
@@ -11,6 +13,11 @@ backend keeps no decision log (`decisions` is None). Prompts are tokenized here 
 of the served model's tokenizer (`tokenizer.encode_chat`: e.g. a `SimEngine` for simulated
 workers, a `LocalEngine` for local ones), since prefix keys are cut on token ids. The workflow
 travels as its spec, so its tools must be importable by reference (module-level functions).
+
+Cross-agent KV reuse: the executor's input spans go with each submission, the program's tenant
+and opt-in with its opening (the scheduler's namespace_for is then the requests'
+`reuse_namespace`); the service answers each call with its reuse hints, and the client hands them
+to the worker with the call.
 """
 
 from __future__ import annotations
@@ -26,28 +33,31 @@ from agentflow.workflow import CompiledWorkflow
 class ServiceBackend:
     decisions = None  # the service applies its decisions on its workers
 
-    def __init__(self, client: Any, *, tokenizer: Any, tenant: str = ""):
+    def __init__(self, client: Any, *, tokenizer: Any, tenant: str = "", share_kv_across_programs: bool = False):
         self.client = client  # ServiceClient or InProcessClient; the caller opens and closes it
         self.tokenizer = tokenizer
+        # used when open_program is not told (the executor tells it its own: namespace, opt-in)
         self.tenant = tenant
+        self.share_kv_across_programs = share_kv_across_programs
         self.owns_client = False  # connect_service's backends close their client with themselves
 
     def encode_chat(self, messages: Sequence[dict[str, str]]) -> list[int]:
         return self.tokenizer.encode_chat(messages)
 
-    async def open_program(self, program_id: Hashable, workflow: CompiledWorkflow) -> None:
-        await self.client.open_program(str(program_id), workflow.spec().to_json(), tenant=self.tenant)
+    async def open_program(self, program_id: Hashable, workflow: CompiledWorkflow, *, tenant: str | None = None,
+                           share_kv_across_programs: bool | None = None) -> None:
+        share = self.share_kv_across_programs if share_kv_across_programs is None else share_kv_across_programs
+        await self.client.open_program(str(program_id), workflow.spec().to_json(), tenant=tenant or self.tenant,
+                                       share_kv_across_programs=share)
 
     async def call(self, request: GenerateRequest, *, step: str, expected_output_tokens: int,
                    on_chunk: Callable[[TokenChunk], None] | None = None,
                    input_spans: Sequence[InputSpan] = ()) -> tuple[str, GenerateResult]:
-        # input_spans are not sent: the service's CallRequest (and its proto) has no field for them
-        # yet, so the service plans no cross-agent reuse (docs/cross-agent-reuse.md, "Scheduler side")
         from agentflow.runtime.service.core import CallRequest
 
         call = CallRequest(program_id=str(request.program_id), call_id=str(request.call_id), step=step,
                            prefixes=request.prefixes, prompt_tokens=len(request.prompt_ids),
-                           expected_output_tokens=expected_output_tokens)
+                           expected_output_tokens=expected_output_tokens, input_spans=tuple(input_spans))
         route, result = await self.client.run_call(call, request, on_chunk=on_chunk)
         return route.worker_id, result
 

@@ -4,6 +4,8 @@
     await client.open_program("p1", workflow_spec_json)
     route = await client.submit(CallRequest(...))        # -> RouteAnswer: worker + hints
     async for item in client.generate(route, request):   # chunks..., then the GenerateResult
+                                                         # (the route's hints, reuse hints included,
+                                                         # go with the Generate to the worker)
     await client.tool("p1", step=..., tool=..., finished=False) ... finished=True, duration_s=...
     await client.close_program("p1")
 
@@ -94,17 +96,20 @@ class ServiceClient:
                                          f"{timeout_s:g} s): is `agentflow serve` running there?") from None
             raise
 
-    async def open_program(self, program_id: str, workflow_spec: str, *, tenant: str = "") -> str:
+    async def open_program(self, program_id: str, workflow_spec: str, *, tenant: str = "",
+                           share_kv_across_programs: bool = False) -> str:
         h = hashlib.sha256(workflow_spec.encode()).hexdigest()
         send = h not in self._sent_specs
         try:
             resp = await self._rpc(self.stub.OpenProgram, pb.OpenProgramRequest(
-                program_id=program_id, tenant=tenant, workflow_hash=h, workflow_spec=workflow_spec if send else ""))
+                program_id=program_id, tenant=tenant, workflow_hash=h, workflow_spec=workflow_spec if send else "",
+                share_kv_across_programs=share_kv_across_programs))
         except grpc.aio.AioRpcError as exc:
             if exc.code() != grpc.StatusCode.NOT_FOUND or send:
                 raise
             resp = await self._rpc(self.stub.OpenProgram, pb.OpenProgramRequest(
-                program_id=program_id, tenant=tenant, workflow_hash=h, workflow_spec=workflow_spec))
+                program_id=program_id, tenant=tenant, workflow_hash=h, workflow_spec=workflow_spec,
+                share_kv_across_programs=share_kv_across_programs))
         self._sent_specs.add(h)
         self._seq.setdefault(program_id, 0)
         return resp.workflow_hash
@@ -136,11 +141,11 @@ class ServiceClient:
         return hit[1]
 
     async def generate(self, route: RouteAnswer, request: GenerateRequest) -> AsyncIterator[TokenChunk | GenerateResult]:
-        hints = pb.CallHints(priority=route.priority, session_id=route.session_id,
-                             steps_to_execution=-1.0 if route.steps_to_execution == float("inf")
-                             else route.steps_to_execution)
+        # the route's hints travel with the call: its reuse hints reach the engine with the request,
+        # before the call can be admitted (a WatchDecisions message could arrive after the Generate)
         stub = self._worker(route.worker_address)
-        stream = stub.Generate(convert.generate_to_pb(request, hints), metadata=self.transport.metadata(), timeout=None)
+        stream = stub.Generate(convert.generate_to_pb(request, convert.hints_to_pb(route)),
+                               metadata=self.transport.metadata(), timeout=None)
         async for ev in stream:
             if ev.HasField("chunk"):
                 yield TokenChunk(call_id=request.call_id, token_ids=tuple(ev.chunk.token_ids), text=ev.chunk.text)

@@ -1,6 +1,7 @@
 """Messages <-> domain objects, in one place (dicts and protos only at the wire).
 
-Infinity travels as -1 (steps-to-execution of a prefix no live user will need).
+Infinity travels as -1 (steps-to-execution of a prefix no live user will need); an absent
+optional id as "" (a hint's source call, a request's reuse namespace).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import math
 from agentflow.runtime.decision import Decision, EvictionPriority, Pin, Prefetch, Unpin, UnpinReason
 from agentflow.runtime.engines.base import EngineLoad, GenerateRequest, GenerateResult
 from agentflow.runtime.prefixes import PrefixRef
+from agentflow.runtime.reuse_plan import InputSpan, ReuseHint
 from agentflow.runtime.service.core import CallRequest, LoadReport, RouteAnswer, WorkerSpec
 from agentflow.v1 import service_pb2 as pb
 
@@ -68,26 +70,55 @@ def load_from_pb(m: pb.WorkerLoad) -> LoadReport:
                       pinned_tokens=m.pinned_tokens)
 
 
+def span_to_pb(s: InputSpan) -> pb.InputSpan:
+    return pb.InputSpan(source_step=s.source_step, target_offset=s.target_offset, num_tokens=s.num_tokens,
+                        source_offset=s.source_offset)
+
+
+def span_from_pb(m: pb.InputSpan) -> InputSpan:
+    # the numbers are checked against the prompt by the core (ServiceCore._apply_submit)
+    return InputSpan(source_step=m.source_step, target_offset=m.target_offset, num_tokens=m.num_tokens,
+                     source_offset=m.source_offset)
+
+
+def hint_to_pb(h: ReuseHint) -> pb.ReuseHint:
+    return pb.ReuseHint(key=h.key, namespace=h.namespace, kind=h.kind,
+                        source_call_id="" if h.source_call_id is None else str(h.source_call_id),
+                        source_step=h.source_step or "", target_offset=h.target_offset, num_tokens=h.num_tokens,
+                        source_offset=h.source_offset)
+
+
+def hint_from_pb(m: pb.ReuseHint, target_call_id: str) -> ReuseHint:
+    """A hint as the wire carries it: inside one call's hints, so its target is that call."""
+    return ReuseHint(key=m.key, namespace=m.namespace, kind=m.kind, source_call_id=m.source_call_id or None,
+                     source_step=m.source_step or None, target_offset=m.target_offset, num_tokens=m.num_tokens,
+                     source_offset=m.source_offset, target_call_id=target_call_id)
+
+
 def call_from_pb(m: pb.SubmitCallRequest) -> CallRequest:
     return CallRequest(program_id=m.program_id, call_id=m.call_id, step=m.step,
                        prefixes=prefixes_from_pb(m.prefixes, "prefixes"), prompt_tokens=m.prompt_tokens,
                        expected_output_tokens=m.expected_output_tokens or 256, event_seq=m.event_seq,
-                       failed_worker=m.failed_worker)
+                       failed_worker=m.failed_worker, input_spans=tuple(span_from_pb(s) for s in m.input_spans))
 
 
 def call_to_pb(c: CallRequest) -> pb.SubmitCallRequest:
     return pb.SubmitCallRequest(program_id=c.program_id, call_id=c.call_id, step=c.step,
                                 prefixes=[prefix_to_pb(p) for p in c.prefixes], prompt_tokens=c.prompt_tokens,
                                 expected_output_tokens=c.expected_output_tokens, event_seq=c.event_seq,
-                                failed_worker=c.failed_worker)
+                                failed_worker=c.failed_worker, input_spans=[span_to_pb(s) for s in c.input_spans])
+
+
+def hints_to_pb(a: RouteAnswer) -> pb.CallHints:
+    """What an answer tells the call's worker (SubmitCallResponse.hints, then GenerateRequest.hints)."""
+    return pb.CallHints(priority=a.priority, session_id=a.session_id, steps_to_execution=_inf_out(a.steps_to_execution),
+                        reuse_prefixes=list(a.reuse_prefixes), reuse=[hint_to_pb(h) for h in a.reuse])
 
 
 def answer_to_pb(a: RouteAnswer) -> pb.SubmitCallResponse:
     return pb.SubmitCallResponse(
         call_id=a.call_id, worker_id=a.worker_id, worker_address=a.worker_address, route_reason=a.reason,
-        predicted_ttft_s=a.predicted_ttft_s,
-        hints=pb.CallHints(priority=a.priority, session_id=a.session_id,
-                           steps_to_execution=_inf_out(a.steps_to_execution), reuse_prefixes=list(a.reuse_prefixes)))
+        predicted_ttft_s=a.predicted_ttft_s, hints=hints_to_pb(a))
 
 
 def answer_from_pb(m: pb.SubmitCallResponse) -> RouteAnswer:
@@ -95,7 +126,8 @@ def answer_from_pb(m: pb.SubmitCallResponse) -> RouteAnswer:
     return RouteAnswer(call_id=m.call_id, worker_id=m.worker_id, worker_address=m.worker_address,
                        reason=m.route_reason, predicted_ttft_s=m.predicted_ttft_s, priority=h.priority,
                        session_id=h.session_id, steps_to_execution=_inf_in(h.steps_to_execution),
-                       reuse_prefixes=tuple(h.reuse_prefixes))
+                       reuse_prefixes=tuple(h.reuse_prefixes),
+                       reuse=tuple(hint_from_pb(x, m.call_id) for x in h.reuse))
 
 
 def decision_to_pb(d: Decision) -> pb.WorkerDecision:
@@ -127,11 +159,20 @@ def decision_from_pb(m: pb.WorkerDecision, worker: str, now_s: float) -> Decisio
 
 
 def generate_to_pb(r: GenerateRequest, hints: pb.CallHints | None = None) -> pb.GenerateRequest:
+    """`hints`: the call's answer (`hints_to_pb`); the request's own reuse hints (`r.reuse`, when it
+    has any) replace the answer's."""
+    if r.reuse:
+        given, hints = hints, pb.CallHints()
+        if given is not None:
+            hints.CopyFrom(given)
+        del hints.reuse[:]
+        hints.reuse.extend(hint_to_pb(h) for h in r.reuse)
     return pb.GenerateRequest(
         call_id=str(r.call_id), program_id=str(r.program_id), prompt_ids=list(r.prompt_ids),
         max_new_tokens=r.max_new_tokens, temperature=r.temperature, top_p=r.top_p, seed=r.seed or 0,
         ignore_eos=r.ignore_eos, forced_output_ids=list(r.forced_output_ids or ()),
-        prefixes=[prefix_to_pb(p) for p in r.prefixes], namespace=r.namespace, hints=hints)
+        prefixes=[prefix_to_pb(p) for p in r.prefixes], namespace=r.namespace, hints=hints,
+        reuse_namespace=r.reuse_namespace or "")
 
 
 def generate_from_pb(m: pb.GenerateRequest) -> GenerateRequest:
@@ -148,18 +189,20 @@ def generate_from_pb(m: pb.GenerateRequest) -> GenerateRequest:
         forced_output_ids=tuple(m.forced_output_ids) if m.forced_output_ids else None,
         prefixes=prefixes_from_pb(m.prefixes, "prefixes"), namespace=m.namespace or "default",
         priority=m.hints.priority if m.HasField("hints") else None,
-        session_id=m.hints.session_id if m.HasField("hints") and m.hints.session_id else None)
+        session_id=m.hints.session_id if m.HasField("hints") and m.hints.session_id else None,
+        reuse_namespace=m.reuse_namespace or None,
+        reuse=tuple(hint_from_pb(h, m.call_id) for h in m.hints.reuse))
 
 
 def result_to_pb(r: GenerateResult) -> pb.GenerateResult:
     return pb.GenerateResult(output_ids=list(r.output_ids), text=r.text, prompt_tokens=r.prompt_tokens,
                              cached_tokens=r.cached_tokens, host_tokens=r.host_tokens, queued_s=r.queued_s,
                              ttft_s=r.ttft_s, duration_s=r.duration_s, finish_reason=r.finish_reason,
-                             cached=[prefix_to_pb(p) for p in r.cached])
+                             cached=[prefix_to_pb(p) for p in r.cached], reused_tokens=r.reused_tokens)
 
 
 def result_from_pb(call_id: str, m: pb.GenerateResult) -> GenerateResult:
     return GenerateResult(call_id=call_id, output_ids=tuple(m.output_ids), text=m.text, prompt_tokens=m.prompt_tokens,
                           cached_tokens=m.cached_tokens, host_tokens=m.host_tokens, queued_s=m.queued_s,
                           ttft_s=m.ttft_s, duration_s=m.duration_s, finish_reason=m.finish_reason,
-                          cached=tuple(prefix_from_pb(p) for p in m.cached))
+                          cached=tuple(prefix_from_pb(p) for p in m.cached), reused_tokens=m.reused_tokens)

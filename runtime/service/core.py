@@ -11,6 +11,14 @@ on one event loop (no locks: one call at a time), testable without a network.
                                              │                                       (WatchDecisions)
                                              └─> Journal (open programs' events, SQLite WAL)
 
+Cross-agent KV reuse: a submission may say where upstream outputs sit in its prompt
+(`CallRequest.input_spans`); the scheduler's ReuseBook turns them into hints on the step's
+Decision.reuse, and the answer to the submission carries the call's own hints
+(`RouteAnswer.reuse`). The client puts them on its Generate to the routed worker, so they reach
+the engine with the call; they never go through WatchDecisions (a Generate can reach the worker
+before its decision does). A program's namespace (tenant, share_kv_across_programs) is journaled
+with it, so a restarted scheduler plans hints from calls that finished before the restart.
+
 Routing: the scheduler's Decision ranks workers for each new call; the service picks one with the
 DualMap-style router (routing.py): the program's own worker while it is not overloaded, else two
 hash-chosen candidates compared by predicted TTFT against the SLO.
@@ -46,6 +54,7 @@ from agentflow.runtime.events import (
 )
 from agentflow.runtime.policies import make_policy
 from agentflow.runtime.prefixes import PrefixRef
+from agentflow.runtime.reuse_plan import InputSpan, ReuseHint
 from agentflow.runtime.scheduler import Scheduler, SchedulerConfig, SchedulerError
 from agentflow.runtime.service import routing
 from agentflow.runtime.service.journal import Journal
@@ -108,6 +117,7 @@ class CallRequest:
     expected_output_tokens: int = 256
     event_seq: int = 0  # 0: the client does not number its requests (no deduplication)
     failed_worker: str = ""
+    input_spans: tuple[InputSpan, ...] = ()  # where upstream outputs sit in the prompt (cross-agent reuse)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -121,6 +131,7 @@ class RouteAnswer:
     session_id: str
     steps_to_execution: float  # the calling agent's, inf: never again
     reuse_prefixes: tuple[str, ...] = ()
+    reuse: tuple[ReuseHint, ...] = ()  # this call's cross-agent reuse hints (for its Generate)
 
 
 @dataclass(slots=True, kw_only=True)
@@ -128,6 +139,7 @@ class _Program:
     program_id: str
     workflow_hash: str
     tenant: str
+    share_kv_across_programs: bool = False
     last_seq: int = 0
     answers: dict[str, RouteAnswer] = field(default_factory=dict)  # calls in flight -> their route
 
@@ -177,6 +189,9 @@ class ServiceCore:
         self._started_wall = wall()
         self._batch_loads: dict[str, routing.WorkerLoad] | None = None  # while submit_many routes
         self._recovered_s: float | None = None  # wall time of a recovery whose workers may not come back
+        # cross-agent reuse hints of submitted calls, from the step that planned them until the
+        # call's answer takes them (normally the same submit_many; kept while the call is in flight)
+        self._hints: dict[str, tuple[ReuseHint, ...]] = {}
 
     # ================================================================ workers ===================
     def register_worker(self, spec: WorkerSpec, load: LoadReport = LoadReport()) -> None:
@@ -234,7 +249,7 @@ class ServiceCore:
 
     # ================================================================ programs ==================
     def open_program(self, program_id: str, *, tenant: str = "", workflow_spec: str = "",
-                     workflow_hash: str = "") -> tuple[str, bool]:
+                     workflow_hash: str = "", share_kv_across_programs: bool = False) -> tuple[str, bool]:
         if not program_id:
             raise ServiceError(Code.INVALID_ARGUMENT, "must not be empty", field="program_id")
         if program_id in self.programs:
@@ -244,11 +259,14 @@ class ServiceCore:
                                field="program_id")
         h = self._workflow(workflow_spec, workflow_hash)
         tenant = tenant or "default"
-        self.programs[program_id] = _Program(program_id=program_id, workflow_hash=h, tenant=tenant)
+        self.programs[program_id] = _Program(program_id=program_id, workflow_hash=h, tenant=tenant,
+                                             share_kv_across_programs=share_kv_across_programs)
         now = self.clock.now_s()
         if self.journal is not None:
-            self.journal.open_program(program_id, h, tenant, now)
-        self.sched.apply(ProgramArrived(program_id=program_id, graph=self.graphs[h]))
+            self.journal.open_program(program_id, h, tenant, now, share_kv_across_programs)
+        # the scheduler's reuse namespace (namespace_for) is the executor's: same tenant, same opt-in
+        self.sched.apply(ProgramArrived(program_id=program_id, graph=self.graphs[h], tenant=tenant,
+                                        share_kv_across_programs=share_kv_across_programs))
         if self.telemetry is not None:
             self.telemetry.start_program(program_id, self.graphs[h].name, attributes={"agentflow.tenant": tenant})
         return h, True
@@ -359,18 +377,23 @@ class ServiceCore:
             if p.num_tokens > req.prompt_tokens:
                 raise ServiceError(Code.INVALID_ARGUMENT, f"has {p.num_tokens} tokens, more than the prompt's "
                                    f"{req.prompt_tokens}", field=f"prefixes[{i}].num_tokens")
+        _check_spans(req)
         try:
             self.sched.apply(CallSubmitted(program_id=req.program_id, call_id=req.call_id, step=req.step,
                                            prefixes=req.prefixes, prompt_tokens=req.prompt_tokens,
-                                           expected_output_tokens=req.expected_output_tokens))
+                                           expected_output_tokens=req.expected_output_tokens,
+                                           input_spans=req.input_spans))
         except SchedulerError as exc:
             fieldname = "call_id" if "submitted twice" in str(exc) else "step"
             code = Code.ALREADY_EXISTS if fieldname == "call_id" else Code.INVALID_ARGUMENT
             raise ServiceError(code, str(exc), field=fieldname) from None
-        self._journal(prog, "submitted", {
-            "call_id": req.call_id, "step": req.step, "prompt_tokens": req.prompt_tokens,
-            "expected_output_tokens": req.expected_output_tokens,
-            "prefixes": [[p.key, p.parent, p.num_tokens, p.namespace] for p in req.prefixes]}, req.event_seq)
+        body = {"call_id": req.call_id, "step": req.step, "prompt_tokens": req.prompt_tokens,
+                "expected_output_tokens": req.expected_output_tokens,
+                "prefixes": [[p.key, p.parent, p.num_tokens, p.namespace] for p in req.prefixes]}
+        if req.input_spans:
+            body["input_spans"] = [[s.source_step, s.target_offset, s.num_tokens, s.source_offset]
+                                   for s in req.input_spans]
+        self._journal(prog, "submitted", body, req.event_seq)
         return req
 
     def _answer(self, req: CallRequest) -> RouteAnswer:
@@ -397,10 +420,14 @@ class ServiceCore:
                                           chosen.cached_tokens if chosen is not None else None,
                                           program_id=req.program_id, step=req.step, agent=call.agent,
                                           route_reason=choice.reason.value, predicted_ttft_s=choice.predicted_ttft_s)
+        reuse = self._hints.pop(req.call_id, None)
+        if reuse is None:  # a retry (another worker) or a repeat: the hints planned at submission
+            prev = prog.answers.get(req.call_id)
+            reuse = prev.reuse if prev is not None else ()
         ans = RouteAnswer(call_id=req.call_id, worker_id=choice.worker, worker_address=w.spec.address,
                           reason="retry" if req.failed_worker else choice.reason.value,
                           predicted_ttft_s=choice.predicted_ttft_s, priority=priority, session_id=req.program_id,
-                          steps_to_execution=agent_steps, reuse_prefixes=held)
+                          steps_to_execution=agent_steps, reuse_prefixes=held, reuse=reuse)
         prog.answers[req.call_id] = ans
         return ans
 
@@ -475,6 +502,7 @@ class ServiceCore:
         self.sched.apply(CallFinished(call_id=call_id, worker=worker_id, output_tokens=output_tokens, cached=cached))
         prog = self.programs[str(call.program_id)]
         prog.answers.pop(call_id, None)
+        self._hints.pop(call_id, None)
         self._journal(prog, "finished", {"call_id": call_id, "worker": worker_id, "output_tokens": output_tokens,
                                          "cached": [[p.key, p.parent, p.num_tokens, p.namespace] for p in cached]}, 0)
         if self.telemetry is not None:
@@ -536,6 +564,8 @@ class ServiceCore:
             if w is not None:
                 w.in_flight = max(0, w.in_flight - 1)
         del self.programs[program_id]
+        if self._hints:  # hints of its calls that were never answered
+            self._hints = {c: h for c, h in self._hints.items() if c in self.sched.calls}
         self.closed[program_id] = None
         if len(self.closed) > CLOSED_REMEMBERED:
             self.closed.popitem(last=False)
@@ -551,9 +581,11 @@ class ServiceCore:
         return self._step()
 
     def _step(self) -> Decision:
-        if self.clock.fixed is not None:  # replaying the journal: nobody to tell yet
-            return self.sched.step()
         d = self.sched.step()
+        for h in d.reuse:  # each waits for its call's answer (submit_many answers after this step)
+            self._hints[h.target_call_id] = self._hints.get(h.target_call_id, ()) + (h,)
+        if self.clock.fixed is not None:  # replaying the journal: nobody to tell yet
+            return d
         self.decisions += 1
         if self.telemetry is not None:
             self.telemetry.count_decisions()
@@ -584,14 +616,19 @@ class ServiceCore:
             for p in j.programs():
                 self.clock.fixed = p.opened_s
                 self.programs[p.program_id] = _Program(program_id=p.program_id, workflow_hash=p.workflow_hash,
-                                                       tenant=p.tenant, last_seq=p.last_seq)
-                self.sched.apply(ProgramArrived(program_id=p.program_id, graph=self.graphs[p.workflow_hash]))
+                                                       tenant=p.tenant, last_seq=p.last_seq,
+                                                       share_kv_across_programs=p.share_kv_across_programs)
+                self.sched.apply(ProgramArrived(program_id=p.program_id, graph=self.graphs[p.workflow_hash],
+                                                tenant=p.tenant, share_kv_across_programs=p.share_kv_across_programs))
             for e in j.events():
                 self.clock.fixed = max(self.clock.fixed or 0.0, e.t_s)
                 self._replay(e.program_id, e.kind, e.body)
-                self.sched.step()
+                self._step()
         finally:
             self.clock.fixed = None
+        # the scheduler's ReuseBook is rebuilt by the replay (programs' namespaces, finished calls);
+        # hints replanned for calls still in flight go with their answer if the client asks again
+        self._hints = {c: h for c, h in self._hints.items() if c in self.sched.calls}
         # calls submitted and not finished: answer their repeats with a fresh route when asked;
         # calls and pins on workers that do not register again within the timeout: expire_workers
         self._recovered_s = self.wall()
@@ -603,7 +640,10 @@ class ServiceCore:
         if kind == "submitted":
             self.sched.apply(CallSubmitted(program_id=pid, call_id=b["call_id"], step=b["step"],
                                            prefixes=refs(b["prefixes"]), prompt_tokens=b["prompt_tokens"],
-                                           expected_output_tokens=b["expected_output_tokens"]))
+                                           expected_output_tokens=b["expected_output_tokens"],
+                                           input_spans=tuple(InputSpan(source_step=st, target_offset=to, num_tokens=n,
+                                                                       source_offset=so)
+                                                             for st, to, n, so in b.get("input_spans", ()))))
         elif kind == "started":
             self.sched.apply(CallStarted(call_id=b["call_id"], worker=b["worker"]))
         elif kind == "finished":
@@ -628,16 +668,33 @@ class ServiceCore:
         return gone
 
 
+def _check_spans(req: CallRequest) -> None:
+    """Malformed input spans are refused, naming the span; spans that are well formed but do not
+    apply (a step that is not an input, no finished call of it, a negative offset) are dropped
+    when hints are planned (reuse_plan.hints_from_spans), never an error."""
+    for i, sp in enumerate(req.input_spans):
+        if not sp.source_step:
+            raise ServiceError(Code.INVALID_ARGUMENT, "must name the step whose output the span holds",
+                               field=f"input_spans[{i}].source_step")
+        if sp.num_tokens < 1:
+            raise ServiceError(Code.INVALID_ARGUMENT, f"must be >= 1 (got {sp.num_tokens})",
+                               field=f"input_spans[{i}].num_tokens")
+        if sp.target_offset + sp.num_tokens > req.prompt_tokens:
+            raise ServiceError(Code.INVALID_ARGUMENT, f"{sp.num_tokens} tokens from offset {sp.target_offset} run "
+                               f"past the prompt's {req.prompt_tokens}", field=f"input_spans[{i}].num_tokens")
+
+
 def _part_for(d: Decision, worker: str, call_worker: dict[str, str]) -> Decision | None:
     """The part of a decision one worker applies: every priority (each worker ignores keys it does
-    not hold), pins/unpins/prefetches on it (or on no worker), its calls in admission order."""
+    not hold), pins/unpins/prefetches on it (or on no worker), its calls in admission order. Not
+    the reuse hints: those travel with their call (the submission's answer, then its Generate)."""
     pins = tuple(p for p in d.pins if p.worker in (worker, None))
     unpins = tuple(u for u in d.unpins if u.worker in (worker, None))
     prefetches = tuple(f for f in d.prefetches if f.worker == worker)
     admit = tuple(c for c in d.admit if call_worker.get(c) == worker)
     if not (d.priorities or pins or unpins or prefetches or admit):
         return None
-    return replace(d, pins=pins, unpins=unpins, prefetches=prefetches, admit=admit, routes=())
+    return replace(d, pins=pins, unpins=unpins, prefetches=prefetches, admit=admit, routes=(), reuse=())
 
 
 __all__ = ["CallRequest", "Code", "CoreConfig", "LoadReport", "RouteAnswer", "ServiceCore", "ServiceError",

@@ -8,6 +8,7 @@ executor, and does what the gRPC path does, in the same order, minus serialisati
     SubmitCall -> scheduler routes               core.submit -> routes among `engines`
     Generate on the routed worker's agent        engine.generate on the routed engine
       agent: ReportCall STARTED, FINISHED          core.call_started, core.call_finished
+    Generate carries the answer's reuse hints    engine.generate(request + the answer's reuse hints)
     WatchDecisions -> agent -> engine.apply      core's decision sink -> engine.apply
     Heartbeat (load every interval)              core.heartbeat(engine.load()) before each submit
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 
 from agentflow.runtime.clock import ScaledClock
 from agentflow.runtime.engines.base import Engine, GenerateRequest, GenerateResult, collect
@@ -61,8 +63,10 @@ class InProcessClient:
     def _deliver(self, worker: str, decision) -> None:
         self.engines[worker].apply(decision)
 
-    async def open_program(self, program_id: str, workflow_spec: str, *, tenant: str = "") -> str:
-        h, _ = self.core.open_program(program_id, tenant=tenant, workflow_spec=workflow_spec)
+    async def open_program(self, program_id: str, workflow_spec: str, *, tenant: str = "",
+                           share_kv_across_programs: bool = False) -> str:
+        h, _ = self.core.open_program(program_id, tenant=tenant, workflow_spec=workflow_spec,
+                                      share_kv_across_programs=share_kv_across_programs)
         return h
 
     async def submit(self, call: CallRequest) -> RouteAnswer:
@@ -82,8 +86,8 @@ class InProcessClient:
         engine = self.engines[route.worker_id]
         self.core.call_started(call.call_id, route.worker_id)
         try:
-            result = await collect(engine.generate(request), where=f"engine {engine.name}", call_id=call.call_id,
-                                   on_chunk=on_chunk)
+            result = await collect(engine.generate(replace(request, reuse=request.reuse or route.reuse)),  # as Generate
+                                   where=f"engine {engine.name}", call_id=call.call_id, on_chunk=on_chunk)
         except BaseException as exc:  # cancelled, or the engine failed: the call leaves the scheduler
             self.core.call_failed(call.call_id, route.worker_id, type(exc).__name__)
             raise

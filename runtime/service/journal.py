@@ -5,9 +5,12 @@ the programs still open (SQLite, WAL mode: a commit is an append to the log file
 event under `synchronous=NORMAL`, and readers never block the writer):
 
     workflows(hash, spec)                     compiled again on recovery
-    programs(program_id, workflow_hash, tenant, opened_s, last_seq)
-    events(id, program_id, t_s, kind, body)   CallSubmitted, CallStarted, CallFinished,
-                                              ToolStarted, ToolFinished of open programs, in order
+    programs(program_id, workflow_hash, tenant, opened_s, last_seq, share_kv)
+                                              (tenant and share_kv: the program's cross-agent
+                                              reuse namespace, reuse_plan.namespace_for)
+    events(id, program_id, t_s, kind, body)   CallSubmitted (with its input spans), CallStarted,
+                                              CallFinished, ToolStarted, ToolFinished of open
+                                              programs, in order
     tool_samples(id, tool, duration_s)        what the TTL policy learned from closed programs
                                               (the newest N per tool)
 
@@ -29,7 +32,7 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS workflows (hash TEXT PRIMARY KEY, spec TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS programs (
     program_id TEXT PRIMARY KEY, workflow_hash TEXT NOT NULL, tenant TEXT NOT NULL,
-    opened_s REAL NOT NULL, last_seq INTEGER NOT NULL DEFAULT 0);
+    opened_s REAL NOT NULL, last_seq INTEGER NOT NULL DEFAULT 0, share_kv INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY AUTOINCREMENT, program_id TEXT NOT NULL, t_s REAL NOT NULL,
     kind TEXT NOT NULL, body TEXT NOT NULL);
@@ -48,6 +51,7 @@ class JournaledProgram:
     tenant: str
     opened_s: float
     last_seq: int
+    share_kv_across_programs: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +71,9 @@ class Journal:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
+        if "share_kv" not in {r[1] for r in self._db.execute("PRAGMA table_info(programs)")}:
+            # a journal written before cross-agent reuse: its programs shared nothing
+            self._db.execute("ALTER TABLE programs ADD COLUMN share_kv INTEGER NOT NULL DEFAULT 0")
         self._pending = 0
         self._batch_depth = 0
         # Inside a batch, events and sequence numbers wait here and go in with one executemany
@@ -110,9 +117,11 @@ class Journal:
     def put_workflow(self, workflow_hash: str, spec: str) -> None:
         self._db.execute("INSERT OR IGNORE INTO workflows(hash, spec) VALUES (?, ?)", (workflow_hash, spec))
 
-    def open_program(self, program_id: str, workflow_hash: str, tenant: str, opened_s: float) -> None:
-        self._db.execute("INSERT INTO programs(program_id, workflow_hash, tenant, opened_s) VALUES (?, ?, ?, ?)",
-                         (program_id, workflow_hash, tenant, opened_s))
+    def open_program(self, program_id: str, workflow_hash: str, tenant: str, opened_s: float,
+                     share_kv_across_programs: bool = False) -> None:
+        self._db.execute("INSERT INTO programs(program_id, workflow_hash, tenant, opened_s, share_kv) "
+                         "VALUES (?, ?, ?, ?, ?)", (program_id, workflow_hash, tenant, opened_s,
+                                                    int(share_kv_across_programs)))
 
     def append(self, program_id: str, t_s: float, kind: str, body: dict, seq: int | None = None) -> None:
         with self.batch():
@@ -148,9 +157,9 @@ class Journal:
 
     def programs(self) -> list[JournaledProgram]:
         self._flush()
-        rows = self._db.execute("SELECT program_id, workflow_hash, tenant, opened_s, last_seq FROM programs "
-                                "ORDER BY opened_s, rowid")
-        return [JournaledProgram(*r) for r in rows]
+        rows = self._db.execute("SELECT program_id, workflow_hash, tenant, opened_s, last_seq, share_kv "
+                                "FROM programs ORDER BY opened_s, rowid")
+        return [JournaledProgram(*r[:5], share_kv_across_programs=bool(r[5])) for r in rows]
 
     def events(self) -> Iterator[JournaledEvent]:
         self._flush()

@@ -179,7 +179,8 @@ class SchedulerServicer(pbg.SchedulerServicer):
         try:
             h, created = self.core.open_program(request.program_id, tenant=request.tenant,
                                                 workflow_spec=request.workflow_spec,
-                                                workflow_hash=request.workflow_hash)
+                                                workflow_hash=request.workflow_hash,
+                                                share_kv_across_programs=request.share_kv_across_programs)
         except ServiceError as exc:
             await _abort(context, exc)
         return pb.OpenProgramResponse(workflow_hash=h, created=created)

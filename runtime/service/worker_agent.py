@@ -51,6 +51,8 @@ class WorkerServicer(pbg.WorkerServicer):
 
     async def Generate(self, request, context):
         try:
+            # the call's cross-agent reuse hints come with it (hints.reuse -> GenerateRequest.reuse):
+            # the engine registers them as it takes the request, before the call can be admitted
             req = convert.generate_from_pb(request)
         except ServiceError as exc:
             await context.abort(STATUS[exc.code], str(exc))

@@ -28,7 +28,8 @@ requests (`GenerateRequest.prefixes`) and from what it reports cached (`prefix_k
 naming a key it never saw is ignored. The namespace is the tree's root split: two namespaces never
 share a node.
 
-Cross-agent reuse (`Decision.reuse`, reuse/outputs.py). A finished call's output KV is also kept
+Cross-agent reuse (`Decision.reuse`, or `GenerateRequest.reuse` when the hints come with the call,
+as through the scheduler service; reuse/outputs.py). A finished call's output KV is also kept
 position-neutral under its request's `reuse_namespace`; a later call with hints whose spans hold
 that output is prefilled with `prefill_with_reuse` (the radix hit as exact prefix) instead of the
 packed forward. Its KV from the first placed token on is approximate, so only the part before it
@@ -45,7 +46,7 @@ import asyncio
 import itertools
 from collections.abc import AsyncIterator, Hashable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 try:
     import torch
@@ -214,6 +215,10 @@ class LocalEngine:
         if request.call_id in self._by_call:
             raise EngineError(f"call {request.call_id!r} is already running on {self.name}")
         seq = self._new_seq(request, asyncio.Event())
+        if request.reuse and self.reuse is not None:  # hints that came with the call (the service's
+            # answer): registered before it can be admitted, exactly as apply() registers Decision.reuse
+            self.reuse.add(h if h.target_call_id == request.call_id else replace(h, target_call_id=request.call_id)
+                           for h in request.reuse)
         self._by_call[request.call_id] = seq
         self._waiting.append(seq)
         self._kick()

@@ -129,6 +129,8 @@ class SGLangEngine:
         return body
 
     async def generate(self, request: GenerateRequest) -> AsyncIterator[TokenChunk | GenerateResult]:
+        # request.reuse / reuse_namespace (cross-agent KV reuse) are ignored: SGLang has no API to place KV
+        # other than as a prefix (as for Decision.reuse)
         if self._closed:
             raise EngineError(f"engine {self.name} is closed")
         rid = f"af-{request.call_id}-{next(self._ids)}"

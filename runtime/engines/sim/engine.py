@@ -194,6 +194,7 @@ class SimEngine:
 
     # ---- generate ----------------------------------------------------------------------------
     async def generate(self, request: GenerateRequest) -> AsyncIterator[TokenChunk | GenerateResult]:
+        # request.reuse / reuse_namespace (cross-agent KV reuse) are ignored: the simulated worker holds no KV
         if self._closed:
             raise EngineError(f"engine {self.name} is closed")
         if not request.prompt_ids:

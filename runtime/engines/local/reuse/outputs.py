@@ -2,7 +2,8 @@
 
     call A finishes ──keep()──> outputs[(namespace, "call:A")] = A's output KV, keys rotated back
                                 to position 0 (a SegmentStore: bounded, least recently used out)
-    Decision.reuse  ──add()───> pending hints by target call (bounded)
+    Decision.reuse  ──add()───> pending hints by target call (bounded); or the request's own
+    (request.reuse)             hints (the scheduler service sends them with the call)
     call B admitted ──plan()──> for each hint of B that applies: a Placement + the span's KV
                                 (cut out of A's output, rotated back to 0 again)
     model thread    ──prefill()─> prefill_with_reuse(prefix KV from the radix hit, placements)
@@ -120,8 +121,12 @@ class OutputReuse:
 
     # ---- decisions ---------------------------------------------------------------------------
     def add(self, hints: Iterable[ReuseHint]) -> None:
+        """Hints for calls not yet admitted (from Decision.reuse or with the request itself:
+        the same hint from both is kept once)."""
         for h in hints:
-            self._pending.setdefault(h.target_call_id, []).append(h)
+            pending = self._pending.setdefault(h.target_call_id, [])
+            if h not in pending:
+                pending.append(h)
             self._pending.move_to_end(h.target_call_id)
         while len(self._pending) > self.max_pending_calls:  # hints for calls that never came here
             self._pending.popitem(last=False)
