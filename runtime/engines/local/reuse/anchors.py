@@ -32,8 +32,10 @@ template, so it can be estimated from a few observed cases, the anchors.
 Why the shrinkage (measured, docs/cross-agent-reuse.md): on SmolLM2 the deviation of an agent's
 answer in another agent's prompt depends on the answer's content; anchors seen with other
 content (other questions) agree on part of it only. KVCOMM's plain weighted sum adds their
-disagreement as noise and ends *worse* than rotation alone (KV error +3..16%); shrunk by λ it is
-11% better. Per-token weights (KVCOMM's code weighs anchors per token) were worse still.
+disagreement as noise: with 2 anchors per slot its KV error is 16% *worse* than rotation alone,
+and it beats rotation only from 3 anchors on; shrunk by λ the estimate is better at every pool
+size (6% with 2 anchors, 11% over all). Per-token weights (KVCOMM's code weighs anchors per
+token) are no better. (`bench/cross_agent_reuse.py --kv-error`.)
 
 Replacement rule (bounded pool): at most `max_anchors` per kind; adding one to a full pool drops
 the anchor that served least (`uses`), the oldest among equals — an anchor that never matched
@@ -187,7 +189,7 @@ class AnchorPool:
 
     def _prepare(self, n: int) -> tuple[int, list[Anchor], Any, Any, Any, Any, Any, Any]:
         """Stacked tensors of the anchors usable for a span of n tokens, and their λ (uniform
-        weights: measured weights are near uniform, entropy 0.97-1.0 of the maximum)."""
+        weights: measured weights are near uniform, entropy 0.96-1.0 of the maximum)."""
         import torch
 
         hit = self._prepared.get(n)
