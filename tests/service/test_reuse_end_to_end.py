@@ -15,12 +15,12 @@ from __future__ import annotations
 import anyio
 import pytest
 
-from tests.executor.test_cross_agent_reuse import HEAD, TOPIC, _model, review_workflow
+from tests.executor.test_cross_agent_reuse import HEAD, TOPIC, review_workflow
 
 
 @pytest.mark.slow
-def test_the_critic_reuses_the_writers_output_kv_through_the_service():
-    model = _model()
+def test_the_critic_reuses_the_writers_output_kv_through_the_service(smollm2):
+    model = smollm2
     from agentflow.runtime.engines.local import LocalEngine
     from agentflow.runtime.engines.local.reuse.prefill import ReuseConfig
     from agentflow.runtime.executor import Executor
