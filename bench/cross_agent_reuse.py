@@ -244,8 +244,10 @@ def run_benchmark(args: argparse.Namespace, s: Setting, questions: list[list[int
 
     model = s.model
     conds = [Condition("anchors", ReuseConfig(use_anchors=True, reuse_following_text=args.follow,
-                                                recompute_head_tokens=args.recompute_head, fallback=args.fallback), AnchorBank(acfg)),
-             Condition("plain", ReuseConfig(use_anchors=False, recompute_head_tokens=args.recompute_head), AnchorBank(acfg))]
+                                                recompute_head_tokens=args.recompute_head, fallback=args.fallback,
+                                                recompute_ratio=args.recompute_ratio), AnchorBank(acfg)),
+             Condition("plain", ReuseConfig(use_anchors=False, recompute_head_tokens=args.recompute_head,
+                                            recompute_ratio=args.recompute_ratio), AnchorBank(acfg))]
     t_full_all: list[float] = []
     t_prefix_all: list[float] = []
     prompt_lens: list[int] = []
@@ -351,6 +353,7 @@ def run_benchmark(args: argparse.Namespace, s: Setting, questions: list[list[int
         "anchor_config": {"min_anchors": acfg.min_anchors, "temperature": acfg.temperature,
                           "entropy_frac": acfg.entropy_frac, "max_anchors": acfg.max_anchors,
                           "min_trust": acfg.min_trust, "recompute_head_tokens": args.recompute_head,
+                          "recompute_ratio": args.recompute_ratio,
                           "max_distance": acfg.max_distance, "kinds": args.kinds, "fallback": args.fallback,
                           "reuse_following_text": args.follow},
         **figures(anchors),
@@ -650,6 +653,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--fallback", choices=["prompt", "segment"], default="prompt")
     ap.add_argument("--max-distance", type=float, default=None)
     ap.add_argument("--recompute-head", type=int, default=0, help="compute each segment's first N tokens")
+    ap.add_argument("--recompute-ratio", type=float, default=0.0,
+                    help="also compute this share of the placed tokens, those whose layer-1 KV deviates most "
+                         "(ReuseConfig.recompute_ratio, CacheBlend-style)")
     ap.add_argument("--follow", action="store_true", help="also place the glue after segments (reuse_following_text)")
     ap.add_argument("--kv-error", action="store_true",
                     help="compare the estimators' KV error instead (no reuse prefill, no timing; see above)")

@@ -43,13 +43,14 @@ from agentflow.runtime.engines.local.reuse.segments import SegmentKV, SegmentRef
 from agentflow.runtime.reuse_plan import ReuseHint
 
 # What `prefill_with_reuse` runs with unless the engine is told otherwise: plain offset
-# realignment with each segment's first 4 tokens recomputed (KL -25% for 5% of the shared tokens;
-# the best speed/quality point measured: docs/cross-agent-reuse.md). Not anchors: they are kept
+# realignment with each segment's first 4 tokens recomputed, and the 5% of the other placed
+# tokens whose layer-1 KV deviates most (CacheBlend-style): the configuration that met all four
+# of the benchmark's targets, twice (docs/cross-agent-reuse.md, run 4). Not anchors: they are kept
 # per namespace and slot, and with the default namespace (one program) a slot is read once per
 # program, so the anchors would never reach `min_anchors` and every read would be computed in
 # full. Anchors pay off when a namespace's slots recur (workflows that share KV across their
 # programs, loops): pass `ReuseConfig(fallback="segment", recompute_head_tokens=4)` there.
-DEFAULT_REUSE_CONFIG = ReuseConfig(use_anchors=False, recompute_head_tokens=4)
+DEFAULT_REUSE_CONFIG = ReuseConfig(use_anchors=False, recompute_head_tokens=4, recompute_ratio=0.05)
 
 SKIP_REASONS = ("no_namespace", "namespace", "source_missing", "out_of_range", "tokens_differ", "in_prefix",
                 "overlap")

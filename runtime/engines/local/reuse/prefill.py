@@ -29,6 +29,24 @@ Fallback, when a present segment's anchors say "do not trust" (too few, too far,
     by the segment itself: the first prompt that reads a new text computes it in context, later
     readers place it with that observed deviation (an exact-content match).
 
+Selective recomputation (`recompute_ratio = r > 0`; CacheBlend, Yao et al., EuroSys'25, one-shot):
+after step 1, a cheap pass computes the TRUE layer-1 K/V of every placed token (embeddings and
+decoder layer 0 over the prompt after the prefix, attending to the prefix's exact layer-0 KV, then
+layer 1's input norm, k/v projections and RoPE: about one layer of SmolLM2's 30), scores each
+placed token by how far its placed layer-1 K/V is from that, and moves the ceil(r x placed) worst
+out of the placed set into step 2's gap forward (computed at every layer, attending to the rest,
+like head tokens):
+
+    score(t) = |K1_placed(t) - K1_true(t)|^2 / mean_t |K1_true|^2 + (the same for V)
+               (squared L2 over kv heads and dims; keys and values normalised so they weigh equally)
+
+CacheBlend picks tokens layer by layer (a token selected at layer i is a candidate at i+1);
+here the choice is made once, at layer 1, and the chosen tokens are recomputed at all layers.
+Layer 0 cannot deviate (its KV depends on the token and its position only), so layer 1 is the
+first layer that can tell. Selected tokens count as computed (`SegmentOutcome.num_selected`,
+`ReusePrefill.selected_positions`); `num_recomputed` stays the head, so the first placed
+token is never earlier than `start + num_recomputed` (what the engine's exact-prefix rule reads).
+
 Isolation: every placement's `SegmentRef.namespace` must equal the request's namespace (else
 ValueError), stored KV is looked up by (namespace, key) and checked against the prompt's tokens,
 and anchors are pooled by (namespace, kind).
@@ -36,8 +54,9 @@ and anchors are pooled by (namespace, kind).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from agentflow.runtime.engines.local.reuse.anchors import AnchorBank, Verdict
@@ -74,12 +93,15 @@ class ReuseConfig:
     reuse_following_text: bool = False  # place the glue after a segment from its stored KV too
     recompute_head_tokens: int = 0  # compute (not place) each segment's first tokens: they deviate most
     fallback: str = "prompt"  # "prompt": one untrusted segment -> full prefill; "segment": compute it alone
+    recompute_ratio: float = 0.0  # compute (not place) this share of the placed tokens: those deviating most
 
     def __post_init__(self) -> None:
         if self.fallback not in ("prompt", "segment"):
             raise ValueError(f"fallback must be 'prompt' or 'segment' (got {self.fallback!r})")
         if self.recompute_head_tokens < 0:
             raise ValueError(f"recompute_head_tokens must be >= 0 (got {self.recompute_head_tokens})")
+        if not 0.0 <= self.recompute_ratio <= 1.0:
+            raise ValueError(f"recompute_ratio must be in [0, 1] (got {self.recompute_ratio})")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -91,10 +113,11 @@ class SegmentOutcome:
     reason: str  # "estimated", "plain", "missing", or the anchors' fallback reason
     num_follow_reused: int = 0
     num_recomputed: int = 0  # of the segment's tokens, computed rather than placed (its head)
+    num_selected: int = 0  # of the rest, computed because their layer-1 KV deviated most (`recompute_ratio`)
 
     @property
     def num_reused(self) -> int:
-        return self.num_tokens - self.num_recomputed if self.reused else 0
+        return self.num_tokens - self.num_recomputed - self.num_selected if self.reused else 0
 
 
 @dataclass(slots=True, kw_only=True)
@@ -107,6 +130,7 @@ class ReusePrefill:
     num_reused_tokens: int  # placed from stored segments (and following text)
     num_computed_tokens: int  # run through the model
     fell_back: bool
+    selected_positions: tuple[int, ...] = ()  # placed tokens moved to the gap forward (`recompute_ratio`)
 
     @property
     def num_segment_tokens(self) -> int:
@@ -251,12 +275,25 @@ def prefill_with_reuse(model: Any, prompt_ids: Sequence[int], placements: Sequen
         outcomes.append(SegmentOutcome(ref=p.ref, start=p.start, num_tokens=p.num_tokens, reused=True,
                                        reason="estimated" if est is not None else "plain",
                                        num_follow_reused=num_follow, num_recomputed=head))
-    gap_positions = [t for t in range(len(prompt_ids)) if not placed[t]]
     cache = None
+    selected: list[int] = []
     if keys_parts:
         import torch
 
-        cache = cache_of_kv(model, torch.cat(keys_parts, dim=2), torch.cat(values_parts, dim=2))
+        keys, values = torch.cat(keys_parts, dim=2), torch.cat(values_parts, dim=2)
+        if cfg.recompute_ratio > 0 and len(positions) > num_prefix:
+            selected = select_deviating(model, prompt_ids, positions[num_prefix:], keys[1, :, num_prefix:],
+                                        values[1, :, num_prefix:], cfg.recompute_ratio, prefix_kv)
+            chosen = set(selected)
+            keep = [i for i, t in enumerate(positions) if t not in chosen]
+            keys, values = keys[:, :, keep], values[:, :, keep]
+            positions = [positions[i] for i in keep]
+            for t in selected:
+                placed[t] = False
+            reused -= len(selected)
+            outcomes = [_count_selected(o, chosen) for o in outcomes]
+        cache = cache_of_kv(model, keys, values)
+    gap_positions = [t for t in range(len(prompt_ids)) if not placed[t]]
     logits, cache = forward_at(model, [prompt_ids[t] for t in gap_positions], gap_positions, cache, positions)
     if observe_after:  # the computed spans become anchors (their context: the prompt as placed)
         keys, values = kv_of_cache(cache)
@@ -266,7 +303,96 @@ def prefill_with_reuse(model: Any, prompt_ids: Sequence[int], placements: Sequen
                                                        real_v=real_v, start=p.start)
     return ReusePrefill(logits=logits, cache=cache, outcomes=tuple(outcomes), num_prompt_tokens=len(prompt_ids),
                         num_prefix_tokens=num_prefix, num_reused_tokens=reused,
-                        num_computed_tokens=len(gap_positions), fell_back=False)
+                        num_computed_tokens=len(gap_positions), fell_back=False,
+                        selected_positions=tuple(selected))
+
+
+def _count_selected(o: SegmentOutcome, chosen: set[int]) -> SegmentOutcome:
+    """`o` with the selected tokens of its span (head excluded: never placed) and of its placed
+    following text counted as computed."""
+    if not o.reused:
+        return o
+    end = o.start + o.num_tokens
+    in_span = sum(1 for t in range(o.start + o.num_recomputed, end) if t in chosen)
+    in_follow = sum(1 for t in range(end, end + o.num_follow_reused) if t in chosen)
+    if not in_span and not in_follow:
+        return o
+    return replace(o, num_selected=in_span, num_follow_reused=o.num_follow_reused - in_follow)
+
+
+def deviation_scores(placed_k: Any, placed_v: Any, true_k: Any, true_v: Any) -> Any:
+    """Per token, how far the placed KV is from the true one: `[kv_heads, tokens, head_dim]` in,
+    `[tokens]` out; squared L2 over heads and dims, keys and values each divided by the true
+    tensor's mean squared norm per token (so that keys and values weigh equally)."""
+    dk = (placed_k - true_k).pow(2).sum(dim=(0, 2))
+    dv = (placed_v - true_v).pow(2).sum(dim=(0, 2))
+    nk = true_k.pow(2).sum(dim=(0, 2)).mean().clamp_min(1e-30)
+    nv = true_v.pow(2).sum(dim=(0, 2)).mean().clamp_min(1e-30)
+    return dk / nk + dv / nv
+
+
+def select_deviating(model: Any, prompt_ids: Sequence[int], positions: Sequence[int], placed_k: Any, placed_v: Any,
+                     ratio: float, prefix_kv: tuple[Any, Any] | None = None) -> list[int]:
+    """The ceil(ratio x len(positions)) placed positions whose layer-1 KV (`placed_k`/`placed_v`,
+    `[kv_heads, len(positions), head_dim]`, keys rotated at their positions) deviates most from
+    the true layer-1 KV (`true_layer1_kv`), in ascending order."""
+    import torch
+
+    num = min(len(positions), math.ceil(ratio * len(positions) - 1e-9))
+    if num <= 0:
+        return []
+    true_k, true_v = true_layer1_kv(model, prompt_ids, positions, prefix_kv)
+    scores = deviation_scores(placed_k, placed_v, true_k, true_v)
+    top = torch.topk(scores, num, sorted=True).indices.tolist()
+    return sorted(positions[i] for i in top)
+
+
+def true_layer1_kv(model: Any, prompt_ids: Sequence[int], positions: Sequence[int],
+                   prefix_kv: tuple[Any, Any] | None = None) -> tuple[Any, Any]:
+    """Layer 1's true K and V at `positions` (ascending, after the prefix), `[kv_heads, n, head_dim]`,
+    keys rotated at their positions, as a full prefill of `prompt_ids` computes them.
+
+    Layer 0's K/V depend on the token and its position only, so they are computed for every token
+    from the prefix's end to the last position (the prefix's are `prefix_kv`'s layer 0, exact);
+    queries, attention, o_proj and MLP run only for `positions`, then layer 1's input norm and
+    k/v projections and RoPE. The model's own modules (as `forward.py`), GQA through SDPA."""
+    import torch
+    import torch.nn.functional as F
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+    base = model.model
+    cfg = model.config
+    H, KH = cfg.num_attention_heads, cfg.num_key_value_heads
+    D = getattr(cfg, "head_dim", None) or cfg.hidden_size // H
+    m = 0 if prefix_kv is None else int(prefix_kv[0].shape[2])
+    end = positions[-1] + 1
+    n = end - m
+    rows = torch.tensor([t - m for t in positions], dtype=torch.long)
+    layer0, layer1 = base.layers[0], base.layers[1]
+    attn0, attn1 = layer0.self_attn, layer1.self_attn
+    with torch.inference_mode():
+        x = base.embed_tokens(torch.tensor([list(prompt_ids[m:end])], dtype=torch.long))  # [1, n, hidden]
+        cos, sin = base.rotary_emb(x, torch.arange(m, end)[None])
+        h = layer0.input_layernorm(x)
+        k = attn0.k_proj(h).view(1, n, KH, D).transpose(1, 2)
+        v = attn0.v_proj(h).view(1, n, KH, D).transpose(1, 2)
+        x, h = x[:, rows], h[:, rows]
+        cos_q, sin_q = cos[:, rows], sin[:, rows]
+        q = attn0.q_proj(h).view(1, len(rows), H, D).transpose(1, 2)
+        q, _ = apply_rotary_pos_emb(q, q[:, :1], cos_q, sin_q)
+        k, _ = apply_rotary_pos_emb(k, k[:, :1], cos, sin)
+        if prefix_kv is not None:
+            k = torch.cat([prefix_kv[0][0].unsqueeze(0).to(k.dtype), k], dim=2)
+            v = torch.cat([prefix_kv[1][0].unsqueeze(0).to(v.dtype), v], dim=2)
+        mask = torch.arange(end)[None, :] <= torch.tensor(list(positions))[:, None]  # key position <= query's
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=attn0.scaling, enable_gqa=True)
+        x = x + attn0.o_proj(o.transpose(1, 2).reshape(1, len(rows), H * D))
+        x = x + layer0.mlp(layer0.post_attention_layernorm(x))
+        h1 = layer1.input_layernorm(x)
+        k1 = attn1.k_proj(h1).view(1, len(rows), KH, D).transpose(1, 2)
+        v1 = attn1.v_proj(h1).view(1, len(rows), KH, D).transpose(1, 2)
+        k1, _ = apply_rotary_pos_emb(k1, k1[:, :1], cos_q, sin_q)
+    return k1[0], v1[0]
 
 
 def forward_at(model: Any, token_ids: Sequence[int], positions: Sequence[int], cache: Any,
@@ -305,5 +431,5 @@ def forward_at(model: Any, token_ids: Sequence[int], positions: Sequence[int], c
     return out.logits[0, -1], cache
 
 
-__all__ = ["Placement", "ReuseConfig", "ReusePrefill", "SegmentOutcome", "follow_ref", "forward_at",
-           "prefill_with_reuse"]
+__all__ = ["Placement", "ReuseConfig", "ReusePrefill", "SegmentOutcome", "deviation_scores", "follow_ref",
+           "forward_at", "prefill_with_reuse", "select_deviating", "true_layer1_kv"]
