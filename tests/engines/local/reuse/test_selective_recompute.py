@@ -8,7 +8,6 @@ import pytest
 import torch
 from agentflow.runtime.engines.local.reuse import (
     AnchorBank,
-    Placement,
     ReuseConfig,
     SegmentKV,
     SegmentRef,
@@ -22,22 +21,8 @@ from agentflow.runtime.engines.local.reuse import (
 )
 from agentflow.runtime.engines.local.reuse.prefill import true_layer1_kv
 
-NS = "tenant-a"
-HEAD_A, HEAD_B = [1, 2, 3], [40, 41, 42, 43, 44, 45, 46]
-GLUE, TAIL = [9, 9], [7, 8]
-
-
-def segment(seed: int, n: int = 6) -> list[int]:
-    g = torch.Generator().manual_seed(seed)
-    return torch.randint(100, 5000, (n,), generator=g).tolist()
-
-
-def b_prompt(seg_a, seg_b):
-    prompt = HEAD_B + seg_a + GLUE + seg_b + TAIL
-    pa = Placement(ref=SegmentRef(namespace=NS, key="a"), kind="a->B", start=len(HEAD_B), num_tokens=len(seg_a))
-    pb = Placement(ref=SegmentRef(namespace=NS, key="b"), kind="b->B", start=pa.end + len(GLUE),
-                   num_tokens=len(seg_b))
-    return prompt, [pa, pb]
+# the prompts and segments of `prefill_with_reuse`'s own tests
+from tests.engines.local.reuse.test_prefill import HEAD_A, HEAD_B, NS, b_prompt, segment
 
 
 def cross_context_store(model, seg_a, seg_b):
