@@ -92,12 +92,13 @@ class Decision:
     prefetches: tuple[Prefetch, ...] = ()
     routes: tuple[Route, ...] = ()
     reuse: tuple[ReuseHint, ...] = ()  # cross-agent KV reuse: finished calls' outputs inside new prompts
+    activated: tuple[Hashable, ...] = ()  # parked programs made active: their held calls are routed now
     notes: tuple[str, ...] = field(default=())  # why, in words, for logs and docs
 
     @property
     def empty(self) -> bool:
         return not (self.admit or self.priorities or self.pins or self.unpins or self.prefetches or self.routes
-                    or self.reuse)
+                    or self.reuse or self.activated)
 
     def to_dict(self) -> dict[str, Any]:
         def clean(x: Any) -> Any:

@@ -46,6 +46,10 @@ class CallSubmitted:
 class CallStarted:
     call_id: CallId
     worker: str
+    # What the engine found of the prompt when it admitted the call, where it knows: on the GPU, and
+    # loaded back from a host tier. The working-set admission measures faults from these.
+    gpu_hit_tokens: int | None = None
+    host_hit_tokens: int | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import bisect
 import heapq
+import math
 from collections.abc import Hashable
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -45,7 +46,9 @@ from agentflow.runtime.events import (
     ToolStarted, WorkerLost, WorkerUpdate,
 )
 from agentflow.runtime.policies import Policy
+from agentflow.runtime.policies.programs import active_footprint_tokens
 from agentflow.runtime.prefixes import PrefixRef
+from agentflow.runtime.remaining_work import RemainingWork, RemainingWorkConfig
 from agentflow.runtime.reuse_book import ReuseBook
 from agentflow.runtime.state import (
     CallState, PinState, PrefixState, ProgramState, Snapshot, ToolCall, WorkerState,
@@ -62,6 +65,7 @@ class SchedulerConfig:
     pin_cap_share: float = 0.5  # pinned tokens never exceed this share of a worker's KV pool
     admit_limit: int = 64  # how many waiting calls an admission order lists
     tool_stats: ToolStatsConfig = ToolStatsConfig()
+    remaining_work: RemainingWorkConfig = RemainingWorkConfig()
 
 
 class Scheduler:
@@ -93,6 +97,16 @@ class Scheduler:
         self._users_of: dict[tuple[Hashable, str], set[str]] = {}  # (program, agent) -> prefix keys
         self._shared: dict[tuple[str, str], set[str]] = {}  # (workflow, agent) -> keys with >1 program
         self.reuse = ReuseBook()  # cross-agent KV reuse: what it needs of programs and calls (reuse_book.py)
+        # Program admission (policies/programs.py): parked programs in arrival order, their held calls,
+        # the working-set budget and the fault time measured in the current control interval.
+        self.remaining = RemainingWork(config.remaining_work)
+        self.parked: dict[Hashable, None] = {}
+        self._held: dict[Hashable, list[Hashable]] = {}
+        self.budget_tokens: float | None = None
+        self._fault_s = 0.0
+        self._window_start_s: float | None = None
+        self._programs_changed = False
+        self.faults = {"fault_tokens": 0, "reload_tokens": 0, "fault_s": 0.0}  # totals, for reports
 
     # ================================================================ events ==================
     def apply(self, event: Event) -> None:
@@ -107,8 +121,14 @@ class Scheduler:
             raise SchedulerError(f"program {e.program_id!r} arrived twice")
         g = e.graph
         pos = Position.start(g)
-        self.programs[e.program_id] = ProgramState(program_id=e.program_id, graph=g, arrival_s=self.clock.now_s(),
-                                                   position=pos)
+        now = self.clock.now_s()
+        self.programs[e.program_id] = prog = ProgramState(program_id=e.program_id, graph=g, arrival_s=now,
+                                                          position=pos)
+        if self.policy.programs.holds:
+            self.parked[e.program_id] = None
+            self._programs_changed = True
+        else:
+            prog.active, prog.activated_s = True, now
         self.index.add(e.program_id, g, pos)
         for node in g.steps.values():
             if node.kind is StepKind.TOOL and node.tool:
@@ -162,20 +182,31 @@ class Scheduler:
                                           prefixes=tuple(e.prefixes), prompt_tokens=e.prompt_tokens,
                                           expected_output_tokens=e.expected_output_tokens, submitted_s=now,
                                           was_pinned=was_pinned)
-        self.waiting[e.call_id] = None
-        self._queue.push(e.call_id, self.policy.admission.key(self.calls[e.call_id], prog))
-        self._waiting_changed = True
-        self._new_calls.append(e.call_id)
         prog.calls.add(e.call_id)
+        if prog.active:
+            self._enqueue(e.call_id, prog)
+        else:  # parked: held at the call boundary until the program is activated
+            self._held.setdefault(e.program_id, []).append(e.call_id)
+            self._programs_changed = True
         prog.turn += 1
         prog.last_agent = node.agent
         prog.tool = None
         self._pin_requests.pop(prog.program_id, None)
 
+    def _enqueue(self, call_id: Hashable, prog: ProgramState) -> None:
+        self.waiting[call_id] = None
+        self._queue.push(call_id, self.policy.admission.key(self.calls[call_id], prog))
+        self._waiting_changed = True
+        self._new_calls.append(call_id)
+
     def _started(self, e: CallStarted) -> None:
         call = self._call(e.call_id)
         call.started_s = self.clock.now_s()
         call.worker = e.worker
+        if e.gpu_hit_tokens is not None:
+            self._count_fault(call, e)
+        if call.program_id in self.parked:  # an engine ran a held call anyway: the program is active
+            self._activate(call.program_id, self.clock.now_s())
         if self.waiting.pop(e.call_id, 0) is None:
             self._waiting_changed = True
             self._queue.discard(e.call_id)
@@ -191,6 +222,12 @@ class Scheduler:
         del self.calls[e.call_id]
         prog.calls.discard(e.call_id)
         prog.attained_tokens += call.prompt_tokens + e.output_tokens
+        before = prog.context_tokens.get(call.agent)
+        if before is not None:  # what this call added to its agent's context
+            self.remaining.observe_growth(prog.graph.name, call.agent,
+                                          call.prompt_tokens - before + e.output_tokens)
+        prog.context_tokens[call.agent] = call.prompt_tokens + e.output_tokens
+        self._programs_changed = True
         for c in prog.calls:  # a key may depend on the program's attained service: its waiting calls re-keyed
             if c in self.waiting:
                 self._queue.rekey(c, self.policy.admission.key(self.calls[c], prog))
@@ -244,6 +281,11 @@ class Scheduler:
                 self._waiting_changed = True
                 self._queue.discard(c)
         self.index.remove(e.program_id)
+        if e.program_id not in self.parked:  # a program cancelled before it started teaches nothing
+            self.remaining.program_finished(wf, prog.turn)
+        self.parked.pop(e.program_id, None)
+        self._held.pop(e.program_id, None)
+        self._programs_changed = True
         del self.programs[e.program_id]
         self._dirty_programs.pop(e.program_id, None)
         self._pin_requests.pop(e.program_id, None)
@@ -368,6 +410,7 @@ class Scheduler:
             calls=MappingProxyType(self.calls), waiting=tuple(self.waiting),
             prefixes=MappingProxyType(self.prefixes), workers=MappingProxyType(self.workers),
             pins=MappingProxyType(self.pins), index=self.index, tool_stats=self.tool_stats,
+            remaining=self.remaining,
         )
 
     def step(self) -> Decision:
@@ -386,14 +429,16 @@ class Scheduler:
             if pin is not None:
                 pins.append(pin)
         self._pin_requests.clear()
-        # 3. Admission order; if its head does not fit on its worker, pins there give way.
+        # 3. Programs: the working-set budget's control, then parked programs made active.
+        activated = self._admit_programs(snap, now) if self.policy.programs.holds else ()
+        # 4. Admission order; if its head does not fit on its worker, pins there give way.
         admit: tuple[Hashable, ...] = ()
         if self._waiting_changed and self.waiting:
             # the policy's order (`order(snap, limit)`), kept incrementally: see admission_queue.py
             admit = tuple(self._queue.first(self.config.admit_limit))
             self._relieve_pressure(admit[0], now)
         self._waiting_changed = False
-        # 4. Eviction priorities of prefixes whose users moved.
+        # 5. Eviction priorities of prefixes whose users moved.
         priorities = []
         if self._dirty_prefixes:
             for key in sorted(self._dirty_prefixes):
@@ -408,7 +453,7 @@ class Scheduler:
                     pre.priority = pr
                     priorities.append(EvictionPriority(prefix=key, priority=pr, steps_to_execution=steps))
             self._dirty_prefixes.clear()
-        # 5. Prefetches for programs whose state changed (each prefix requested once per stay on host).
+        # 6. Prefetches for programs whose state changed (each prefix requested once per stay on host).
         prefetches: list[Prefetch] = []
         if self._dirty_programs:
             for p in self.policy.prefetch.prefetches(snap, self._dirty_programs):
@@ -416,14 +461,68 @@ class Scheduler:
                     self._prefetched.add((p.prefix, p.worker))
                     prefetches.append(p)
             self._dirty_programs.clear()
-        # 6. Routes for calls that need a worker.
+        # 7. Routes for calls that need a worker.
         self._by_load = None
         routes = tuple(self._route(c) for c in self._new_calls if c in self.calls)
         self._new_calls.clear()
         unpins, self._unpins = tuple(self._unpins), []
         return Decision(step=self._step, time_s=now, admit=admit, priorities=tuple(priorities), pins=tuple(pins),
                         unpins=unpins, prefetches=tuple(prefetches), routes=routes,
-                        reuse=self.reuse.hints())
+                        reuse=self.reuse.hints(), activated=activated)
+
+    # ================================================================ programs =================
+    def _count_fault(self, call: CallState, e: CallStarted) -> None:
+        """A fault: context this program's agent had built (its previous call's prompt + output) that
+        the engine no longer held on the GPU, so it was prefilled again or loaded back."""
+        prog = self.programs[call.program_id]
+        built = min(call.prompt_tokens - 1, prog.context_tokens.get(call.agent, 0))
+        fault = max(0, built - e.gpu_hit_tokens)
+        if fault <= 0:
+            return
+        reload = min(fault, e.host_hit_tokens or 0)
+        w = self.workers.get(e.worker)
+        prefill = w.prefill_tokens_per_s if w else 10_000.0
+        h2d = w.h2d_tokens_per_s if w and w.h2d_tokens_per_s > 0 else prefill
+        secs = (fault - reload) / max(prefill, 1e-9) + reload / max(h2d, 1e-9)
+        self._fault_s += secs
+        self.faults["fault_tokens"] += fault - reload
+        self.faults["reload_tokens"] += reload
+        self.faults["fault_s"] += secs
+
+    def _admit_programs(self, snap: Snapshot, now: float) -> tuple[Hashable, ...]:
+        pool = sum(w.kv_capacity_tokens for w in self.workers.values())
+        policy = self.policy.programs
+        control = getattr(policy, "next_budget", None)
+        if pool > 0 and control is not None:
+            if self.budget_tokens is None:
+                self.budget_tokens, self._window_start_s, self._fault_s = float(pool), now, 0.0
+            elapsed = now - self._window_start_s
+            if elapsed >= policy.config.interval_s:
+                share = self._fault_s / (elapsed * max(1, len(self.workers)))
+                budget = control(self.budget_tokens, fault_share=share, waiting=bool(self.parked), pool_tokens=pool,
+                                 active_tokens=active_footprint_tokens(snap))
+                self._programs_changed |= budget != self.budget_tokens
+                self.budget_tokens, self._window_start_s, self._fault_s = budget, now, 0.0
+        if not (self.parked and self._programs_changed):
+            return ()
+        self._programs_changed = False
+        if pool <= 0:  # no worker has told its pool: nothing to size programs against
+            activate = tuple(self.parked)
+        else:
+            budget = self.budget_tokens if self.budget_tokens is not None else math.inf
+            activate = policy.plan(snap, tuple(self.parked), budget).activate
+        for pid in activate:
+            self._activate(pid, now)
+        return activate
+
+    def _activate(self, pid: Hashable, now: float) -> None:
+        prog = self.programs[pid]
+        del self.parked[pid]
+        prog.active, prog.activated_s = True, now
+        for c in self._held.pop(pid, ()):
+            call = self.calls.get(c)
+            if call is not None and call.started_s is None:
+                self._enqueue(c, prog)
 
     def _relieve_pressure(self, call_id: Hashable, now: float) -> None:
         call = self.calls[call_id]

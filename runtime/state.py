@@ -16,6 +16,7 @@ from agentflow.graph.model import StepGraph
 from agentflow.graph.position import Position, ProgramEstimate
 from agentflow.graph.tracker import ProgramIndex
 from agentflow.runtime.prefixes import PrefixRef
+from agentflow.runtime.remaining_work import RemainingWork
 from agentflow.runtime.tool_stats import ToolStats
 
 
@@ -42,6 +43,10 @@ class ProgramState:
     prefixes: set[str] = field(default_factory=set)  # every prefix this program uses
     calls: set[Hashable] = field(default_factory=set)  # its calls not yet finished
     started: set[str] = field(default_factory=set)  # active steps that have begun (not just ready)
+    # Program admission (policies/programs.py): a parked program's calls are held, not routed.
+    active: bool = False
+    activated_s: float | None = None
+    context_tokens: dict[str, int] = field(default_factory=dict)  # agent -> prompt + output of its last call
 
 
 @dataclass(slots=True, kw_only=True)
@@ -114,6 +119,7 @@ class Snapshot:
     pins: Mapping[str, PinState]
     index: ProgramIndex  # steps-to-execution: per program, and per agent over all programs
     tool_stats: ToolStats
+    remaining: RemainingWork | None = None  # remaining calls and context growth, learned from finished programs
 
     def estimate(self, program_id: Hashable) -> ProgramEstimate:
         return self.index.estimate(program_id)

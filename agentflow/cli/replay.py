@@ -12,8 +12,9 @@ from agentflow.errors import AgentflowError
 
 @click.command()
 @click.argument("workload", type=click.Path(dir_okay=False))
-@click.option("--policies", default="lru,kvflow,continuum,agentflow,belady", show_default=True,
-              help="Comma-separated: lru, kvflow, continuum, agentflow, belady.")
+@click.option("--policies", default="sglang,sglang-hicache,kvflow,continuum,agentflow,belady", show_default=True,
+              help="Comma-separated: sglang (SGLang's default: LRU, no host tier), sglang-hicache, kvflow, "
+                   "continuum, agentflow, belady, lru (LRU with the host tier as --host-tokens says).")
 @click.option("--preset", default="llama-3.1-8b-h100", show_default=True, help="Model and GPU cost-model preset.")
 @click.option("--workers", type=int, default=1, show_default=True, help="Simulated GPU workers.")
 @click.option("--rate", type=float, default=None, help="Poisson arrivals at R programs per second.")
@@ -22,7 +23,8 @@ from agentflow.errors import AgentflowError
 @click.option("--recorded", is_flag=True, help="Arrivals as recorded in the workload.")
 @click.option("--programs", "num_programs", type=int, default=None, help="Replay only the first N programs.")
 @click.option("--kv-tokens", type=int, default=None, help="GPU KV pool per worker, in tokens (default: the preset's).")
-@click.option("--host-tokens", type=int, default=None, help="Host KV tier per worker, in tokens (0: none).")
+@click.option("--host-tokens", type=int, default=None,
+              help="Host KV tier per worker, in tokens, for the presets that have one (0: none; default: the preset's).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None, help="Write results as JSON here.")
 @click.option("--plot", "plot_dir", type=click.Path(file_okay=False), default=None,
@@ -42,7 +44,7 @@ def replay(workload, policies, preset, workers, rate, concurrency, recorded, num
     """Replay WORKLOAD (a workload file, see `agentflow workload`) through a simulated SGLang
     cluster once per policy, and compare them side by side: job completion time, time to first
     token, prefix hit rate, recomputed prefill, pinned memory, throughput."""
-    from agentflow.runtime.policies import POLICY_NAMES
+    from agentflow.runtime.policies import ALL_POLICY_NAMES as POLICY_NAMES
     from agentflow.runtime.replay import report
     from agentflow.runtime.replay.run import ReplaySetup, run
 

@@ -81,11 +81,17 @@ class Replay:
             pol = make_policy(policy, oracle=self.oracle) if policy == "belady" else make_policy(policy)
         self.policy_name = policy = pol.name
         self.sched = Scheduler(pol, clock=self.clock, config=SchedulerConfig())
-        strategy = "lru" if policy in ("lru", "continuum") else "priority"
+        strategy = "lru" if pol.eviction.name == "lru" else "priority"
         now = self.clock.now_s
+        # The host tier is part of the system a preset stands for (SGLang's default has none); a size
+        # given in the config applies to presets that have one.
+        host = config.host_capacity_tokens
+        if pol.host_tier is False:
+            host = 0
+        self.host_capacity_tokens = host if host is not None else cost.host_capacity_tokens
         self.workers = {
             f"w{i}": SimWorker(f"w{i}", cost, capacity_tokens=config.kv_capacity_tokens,
-                               host_capacity_tokens=config.host_capacity_tokens, page_size=config.page_size,
+                               host_capacity_tokens=self.host_capacity_tokens, page_size=config.page_size,
                                chunk_tokens=config.chunk_tokens, max_running=config.max_running,
                                strategy=strategy, clock=now)
             for i in range(config.workers)
@@ -243,9 +249,12 @@ class Replay:
             return
         admitted = w.admit(now, self._rank)
         for req in admitted:
-            self.sched.apply(CallStarted(call_id=req.call_id, worker=w.name))
+            self.sched.apply(CallStarted(call_id=req.call_id, worker=w.name, gpu_hit_tokens=req.gpu_hit,
+                                         host_hit_tokens=req.host_hit))
             self.rec.call_prefilled(prompt=req.prompt_len, gpu_hit=req.gpu_hit, host_hit=req.host_hit,
                                     seen_before=req.seen_before)
+            if req.call_id.endswith("#0"):  # a program's first call: the wait before it started
+                self.rec.program_started(self._progs[req.program_id].arrival_s, now)
         if not w.has_work():
             return
         steps = w.decode_only_steps()
@@ -263,7 +272,7 @@ class Replay:
         w = self.workers[name]
         w.busy_until = None
         for req in res.first_tokens:
-            self.rec.first_token(req.submitted_s, req.first_token_s)
+            self.rec.first_token(req.submitted_s, req.first_token_s, first_call=req.call_id.endswith("#0"))
         for req in res.finished:
             self._call_done(w, req)
         self.sched.apply(WorkerUpdate(worker=w.name, kv_capacity_tokens=w.capacity, kv_used_tokens=w.used_tokens,

@@ -1,7 +1,11 @@
 """What a replay measures, per policy.
 
     jct_*_s                    job completion time: program arrival -> its last call (or tool) done
-    ttft_*_s                   time to first token of each LLM call: submission -> first token
+    ttft_*_s                   time to first token of each LLM call: submission -> first token (time a
+                               call was held while its program was parked counts)
+    ttft_after_first_p99_s     the same over every call but each program's first
+    start_wait_*_s             program arrival -> its first call admitted by the engine (queueing, or
+                               parked by program admission)
     prefix_hit_rate            prompt tokens found in the GPU cache / all prompt tokens
     host_hit_rate              prompt tokens loaded back from host memory / all prompt tokens
     recomputed_prefill_tokens  prompt tokens prefilled again although they had been computed before
@@ -26,6 +30,8 @@ class Recorder:
     kv_bytes_per_token: int
     jct_s: list[float] = field(default_factory=list)
     ttft_s: list[float] = field(default_factory=list)
+    ttft_later_s: list[float] = field(default_factory=list)  # calls after each program's first
+    start_wait_s: list[float] = field(default_factory=list)
     prompt_tokens: int = 0
     gpu_hit_tokens: int = 0
     host_hit_tokens: int = 0
@@ -58,8 +64,13 @@ class Recorder:
         self.prefilled_tokens += computed
         self.recomputed_tokens += max(0, seen_before - gpu_hit - host_hit)
 
-    def first_token(self, submitted_s: float, t: float) -> None:
+    def first_token(self, submitted_s: float, t: float, *, first_call: bool = False) -> None:
         self.ttft_s.append(t - submitted_s)
+        if not first_call:
+            self.ttft_later_s.append(t - submitted_s)
+
+    def program_started(self, arrival_s: float, t: float) -> None:
+        self.start_wait_s.append(t - arrival_s)
 
     def pinned(self, t: float, tokens: int) -> None:
         """The number of pinned tokens changes to `tokens` at time t."""
@@ -80,7 +91,12 @@ class Recorder:
             "jct_p95_s": _q(self.jct_s, 0.95),
             "jct_p99_s": _q(self.jct_s, 0.99),
             "ttft_mean_s": float(np.mean(self.ttft_s)) if self.ttft_s else 0.0,
+            "ttft_p50_s": _q(self.ttft_s, 0.5),
+            "ttft_p95_s": _q(self.ttft_s, 0.95),
             "ttft_p99_s": _q(self.ttft_s, 0.99),
+            "ttft_after_first_p99_s": _q(self.ttft_later_s, 0.99),
+            "start_wait_mean_s": float(np.mean(self.start_wait_s)) if self.start_wait_s else 0.0,
+            "start_wait_p99_s": _q(self.start_wait_s, 0.99),
             "prefix_hit_rate": self.gpu_hit_tokens / self.prompt_tokens if self.prompt_tokens else 0.0,
             "host_hit_rate": self.host_hit_tokens / self.prompt_tokens if self.prompt_tokens else 0.0,
             "recomputed_prefill_tokens": self.recomputed_tokens,

@@ -20,10 +20,13 @@ COLUMNS = [
 ]
 
 
-def table(results: dict[str, dict[str, float]], baseline: str = "lru") -> str:
-    """Policies side by side; with the baseline present, JCT and recomputation ratios against it."""
+def table(results: dict[str, dict[str, float]], baseline: str | None = None) -> str:
+    """Policies side by side; with the baseline present (default: `sglang`, else `lru`), JCT and
+    recomputation ratios against it."""
     from agentflow.cli._table import render
 
+    if baseline is None:
+        baseline = "sglang" if "sglang" in results else "lru"
     base = results.get(baseline)
     headers = ["policy"] + [c[1] for c in COLUMNS]
     if base is not None:

@@ -6,12 +6,15 @@ a program is sometimes cancelled, a worker is sometimes lost. After every schedu
   * pinned tokens on each worker never exceed the cap, and equal the sum of its pins;
   * no pin outlives its TTL by more than one step;
   * the admission order (kept incrementally) is the policy's order computed from scratch;
-and at the end every pin has ended and every submitted call was admitted (nothing starves).
+programs are parked by the working-set admission only while some program is active (no deadlock);
+and at the end every pin has ended and every submitted call was admitted (nothing starves). `agentflow-all` is the agentflow preset with
+every program active at once (no working set), so pins and pressure are exercised at full load.
 """
 
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 
 import pytest
 
@@ -22,7 +25,7 @@ from agentflow.runtime.events import (
     CallFinished, CallStarted, CallSubmitted, PrefixMoved, ProgramArrived, ProgramFinished, ToolFinished,
     ToolStarted, WorkerLost, WorkerUpdate,
 )
-from agentflow.runtime.policies import FairShareConfig, make_policy
+from agentflow.runtime.policies import AdmitAll, FairShareConfig, make_policy
 from agentflow.runtime.prefixes import history_prefix, system_prefix
 from agentflow.runtime.scheduler import Scheduler, SchedulerConfig
 
@@ -50,7 +53,7 @@ def next_step(graph, step, counters, rng):
     raise AssertionError(t)
 
 
-@pytest.mark.parametrize("policy", ["agentflow", "continuum", "kvflow"])
+@pytest.mark.parametrize("policy", ["agentflow", "agentflow-all", "continuum", "kvflow"])
 @pytest.mark.parametrize("seed", range(4))
 def test_invariants_hold_under_random_events(policy, seed):
     run_random(policy, seed)
@@ -59,13 +62,21 @@ def test_invariants_hold_under_random_events(policy, seed):
 def test_the_random_runs_exercise_pins_pressure_and_prefetch():
     """Guard against invariants that hold only because nothing happened."""
     totals: dict[str, int] = {}
-    for policy in ("agentflow", "continuum"):
+    for policy in ("agentflow", "agentflow-all", "continuum"):
         for seed in range(4):
             for k, v in run_random(policy, seed).items():
                 totals[f"{policy}.{k}"] = totals.get(f"{policy}.{k}", 0) + v
-    assert totals["agentflow.pins"] >= 2 and totals["continuum.pins"] >= 8
-    assert totals["continuum.pressure"] + totals["agentflow.pressure"] >= 1
-    assert totals["agentflow.prefetches"] >= 1
+    assert totals["agentflow-all.pins"] >= 2 and totals["continuum.pins"] >= 8
+    assert totals["continuum.pressure"] + totals["agentflow-all.pressure"] >= 1
+    assert totals["agentflow-all.prefetches"] >= 1
+    # the working set held programs back and let them go again
+    assert totals["agentflow.activated"] >= 10 and totals["agentflow-all.activated"] == 0
+
+
+def _policy(name: str, fair):
+    if name == "agentflow-all":
+        return replace(make_policy("agentflow", fair_share=fair), programs=AdmitAll())
+    return make_policy(name, fair_share=fair) if name == "agentflow" else make_policy(name)
 
 
 def run_random(policy: str, seed: int) -> dict[str, int]:
@@ -73,8 +84,7 @@ def run_random(policy: str, seed: int) -> dict[str, int]:
     clock = ManualClock()
     cap = 0.3
     fair = FairShareConfig() if seed % 2 else None
-    sched = Scheduler(make_policy(policy, fair_share=fair) if policy == "agentflow" else make_policy(policy),
-                      clock=clock, config=SchedulerConfig(pin_cap_share=cap))
+    sched = Scheduler(_policy(policy, fair), clock=clock, config=SchedulerConfig(pin_cap_share=cap))
     workers = ["w0", "w1"]
     for w in workers:
         sched.apply(WorkerUpdate(worker=w, kv_capacity_tokens=10_000, h2d_tokens_per_s=20_000.0))
@@ -119,7 +129,7 @@ def run_random(policy: str, seed: int) -> dict[str, int]:
             schedule(rng.expovariate(1 / 2.0), ("tool_done", pid, step, node.tool or "tool"))
 
     running: dict = {}
-    counts = {"pins": 0, "pressure": 0, "prefetches": 0}
+    counts = {"pins": 0, "pressure": 0, "prefetches": 0, "activated": 0}
     for i in range(600):
         r = rng.random() if i < 400 else 1.0  # after 400 rounds: no new arrivals, cancellations, faults
         if len(programs) < 6 and r < 0.1:
@@ -177,6 +187,7 @@ def run_random(policy: str, seed: int) -> dict[str, int]:
             assert list(dec.admit) == sched.policy.admission.order(sched.snapshot(), sched.config.admit_limit)
         counts["pins"] += len(dec.pins)
         counts["prefetches"] += len(dec.prefetches)
+        counts["activated"] += len(dec.activated)
         counts["pressure"] += sum(1 for u in dec.unpins if u.reason.value == "pressure")
         # an engine with two slots per worker admits in the decision's order
         for cid in dec.admit:
@@ -197,6 +208,8 @@ def run_random(policy: str, seed: int) -> dict[str, int]:
             assert pinned <= cap * state.kv_capacity_tokens
         for pin in sched.pins.values():
             assert pin.expires_at_s > now, "a pin outlived its TTL past a step"
+        # parked programs wait only behind active ones (which finish): never all parked
+        assert not sched.parked or any(p.active for p in sched.programs.values()), "parked with none active"
     # 200 rounds without arrivals or faults: every call submitted since was admitted (no starvation)
     assert not sched.waiting, f"calls still waiting after the drain: {list(sched.waiting)[:5]}"
     for pid in list(programs):

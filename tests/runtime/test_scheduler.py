@@ -3,20 +3,25 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 
 from agentflow.runtime.clock import ManualClock
 from agentflow.runtime.decision import MAX_PRIORITY, UnpinReason, priority_of_steps
 from agentflow.runtime.events import PrefixMoved, ProgramFinished, WorkerLost
-from agentflow.runtime.policies import make_policy
+from agentflow.runtime.policies import AdmitAll, make_policy
 from agentflow.runtime.scheduler import Scheduler, SchedulerConfig, SchedulerError
 from tests.runtime.helpers import Driver, coding_agent
 
 
 def setup(policy="agentflow", **kw):
+    """`agentflow-all`: the agentflow preset with every program active at once (no working set), for
+    tests of pins, priorities and orders among programs that run together."""
     clock = ManualClock()
-    sched = Scheduler(make_policy(policy), clock=clock, config=SchedulerConfig(**kw))
+    pol = (replace(make_policy("agentflow"), programs=AdmitAll()) if policy == "agentflow-all"
+           else make_policy(policy))
+    sched = Scheduler(pol, clock=clock, config=SchedulerConfig(**kw))
     return sched, clock, Driver(sched, clock)
 
 
@@ -213,7 +218,7 @@ def test_prefetch_the_prefix_of_the_agent_due_next_from_host_memory():
 
 
 def test_program_fcfs_admits_the_older_program_first_and_call_fcfs_does_not():
-    for policy, expected in (("agentflow", ["1:2", "2:1"]), ("lru", ["2:1", "1:2"])):
+    for policy, expected in (("agentflow-all", ["1:2", "2:1"]), ("lru", ["2:1", "1:2"])):
         sched, clock, d = setup(policy)
         g = coding_agent()
         d.arrive(1, g)

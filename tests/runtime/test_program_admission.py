@@ -1,0 +1,173 @@
+"""Working-set admission: remaining work learned online, the plan, the budget's control, and the
+scheduler holding a parked program's calls, on tiny exact cases."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from agentflow.runtime.clock import ManualClock
+from agentflow.runtime.events import (
+    CallFinished, CallStarted, CallSubmitted, ProgramArrived, ProgramFinished, WorkerUpdate,
+)
+from agentflow.runtime.policies import StaticCap, WorkingSet, WorkingSetConfig, make_policy
+from agentflow.runtime.remaining_work import RemainingWork, RemainingWorkConfig
+from agentflow.runtime.scheduler import Scheduler
+from tests.runtime.helpers import coding_agent
+
+
+# ---- remaining work ---------------------------------------------------------------------------
+def test_remaining_calls_are_conditional_on_the_calls_done():
+    rw = RemainingWork(RemainingWorkConfig(min_programs=3))
+    for n in (2, 10, 30):
+        assert rw.remaining_calls("wf", 0) is None  # not enough finished programs yet
+        rw.program_finished("wf", n)
+    assert rw.remaining_calls("wf", 0) == pytest.approx(14.0)  # mean(2, 10, 30) - 0
+    assert rw.remaining_calls("wf", 5) == pytest.approx(15.0)  # mean(10, 30) - 5: the 2-call run is over
+    assert rw.remaining_calls("wf", 12) == pytest.approx(18.0)  # only the 30-call run is that long
+    assert rw.remaining_calls("wf", 40) == 1.0  # outlived every finished run: one more call
+    assert rw.remaining_calls("other", 0) is None
+
+
+def test_growth_is_a_running_mean_then_an_exponential_average():
+    rw = RemainingWork(RemainingWorkConfig(growth_smoothing=0.5))
+    assert rw.growth_per_call("wf", "a") is None
+    rw.observe_growth("wf", "a", 100)
+    assert rw.growth_per_call("wf", "a") == 100.0
+    rw.observe_growth("wf", "a", 300)  # mean of two
+    assert rw.growth_per_call("wf", "a") == 200.0
+    rw.observe_growth("wf", "a", 0)  # weight max(0.5, 1/3) = 0.5
+    assert rw.growth_per_call("wf", "a") == 100.0
+    rw.observe_growth("wf", "a", -50)  # a context cannot shrink below nothing added
+    assert rw.growth_per_call("wf", "a") == 50.0
+
+
+def test_remaining_work_memory_is_bounded():
+    rw = RemainingWork(RemainingWorkConfig(min_programs=1, max_samples=3, max_workflows=2))
+    for n in (100, 1, 1, 1):
+        rw.program_finished("a", n)
+    assert rw.num_finished("a") == 3 and rw.remaining_calls("a", 0) == 1.0  # the 100 fell out
+    rw.program_finished("b", 5)
+    rw.program_finished("c", 5)  # a third workflow: the least recently seen ("a") is forgotten
+    assert rw.num_finished("a") == 0 and rw.num_finished("b") == 1
+
+
+def test_bad_remaining_work_input_is_refused():
+    with pytest.raises(ValueError, match="num_calls"):
+        RemainingWork().program_finished("wf", -1)
+
+
+# ---- the budget's control -----------------------------------------------------------------------
+@pytest.mark.parametrize("fault, waiting, active, expected", [
+    (0.30, True, 800.0, 720.0),  # faulting: shrink from what is active (800 x 0.9), not from the budget
+    (0.30, True, 5000.0, 900.0),  # faulting, active above the budget: shrink the budget (1000 x 0.9)
+    (0.01, True, 900.0, 1030.0),  # quiet, programs wait, the budget binds (900 >= 0.8 x 1000): grow 3%
+    (0.01, True, 500.0, 1000.0),  # quiet but the budget does not bind: unchanged
+    (0.01, False, 900.0, 1000.0),  # quiet, nobody waits: unchanged
+    (0.10, True, 900.0, 1000.0),  # between the thresholds: unchanged
+    (0.50, True, 10.0, 100.0),  # never below floor x pool (0.1 x 1000)
+])
+def test_next_budget(fault, waiting, active, expected):
+    ws = WorkingSet(WorkingSetConfig())
+    got = ws.next_budget(1000.0, fault_share=fault, waiting=waiting, pool_tokens=1000.0, active_tokens=active)
+    assert got == pytest.approx(expected)
+
+
+def test_working_set_config_is_checked():
+    with pytest.raises(ValueError, match="fault_share_low"):
+        WorkingSetConfig(fault_share_low=0.2, fault_share_high=0.1)
+    with pytest.raises(ValueError, match="shrink"):
+        WorkingSetConfig(grow=0.9)
+    with pytest.raises(ValueError, match="max_active"):
+        StaticCap(0)
+
+
+# ---- the scheduler holds parked programs' calls ------------------------------------------------
+def _sched(programs, capacity=10_000):
+    clock = ManualClock()
+    sched = Scheduler(replace(make_policy("agentflow"), programs=programs), clock=clock)
+    sched.apply(WorkerUpdate(worker="w0", kv_capacity_tokens=capacity))
+    return sched, clock
+
+
+def _call(sched, pid, n, prompt):
+    cid = f"{pid}#{n}"
+    sched.apply(CallSubmitted(program_id=pid, call_id=cid, step="think", prefixes=(), prompt_tokens=prompt,
+                              expected_output_tokens=100))
+    return cid
+
+
+def test_a_static_cap_holds_the_third_program_until_one_finishes():
+    sched, clock = _sched(StaticCap(2))
+    g = coding_agent()
+    for pid in ("a", "b", "c"):
+        sched.apply(ProgramArrived(program_id=pid, graph=g))
+        _call(sched, pid, 0, 500)
+    d = sched.step()
+    assert d.activated == ("a", "b")
+    assert [r.call_id for r in d.routes] == ["a#0", "b#0"]  # c's call is held: no route, not admitted
+    assert "c#0" not in d.admit and list(sched.parked) == ["c"]
+    sched.apply(CallStarted(call_id="a#0", worker="w0"))
+    sched.apply(CallFinished(call_id="a#0", worker="w0", output_tokens=100))
+    sched.apply(ProgramFinished(program_id="a"))
+    d = sched.step()
+    assert d.activated == ("c",) and [r.call_id for r in d.routes] == ["c#0"] and "c#0" in d.admit
+
+
+def test_working_set_slow_start_then_sizes_programs_by_their_projected_footprint():
+    ws = WorkingSet(WorkingSetConfig())
+    sched, clock = _sched(ws, capacity=10_000)
+    g = coding_agent()
+    for pid in ("a", "b", "c"):
+        sched.apply(ProgramArrived(program_id=pid, graph=g))
+        _call(sched, pid, 0, 1_000)
+    # nothing is known of the workflow's growth: one program at a time
+    assert sched.step().activated == ("a",)
+    sched.apply(CallStarted(call_id="a#0", worker="w0", gpu_hit_tokens=0, host_hit_tokens=0))
+    sched.apply(CallFinished(call_id="a#0", worker="w0", output_tokens=100))  # coder's context: 1,100
+    assert sched.step().activated == ()
+    _call(sched, "a", 1, 1_500)  # 400 tokens of tool output came in
+    sched.apply(CallStarted(call_id="a#1", worker="w0", gpu_hit_tokens=1_100, host_hit_tokens=0))
+    sched.apply(CallFinished(call_id="a#1", worker="w0", output_tokens=100))  # growth 1,500 - 1,100 + 100 = 500
+    snap = sched.snapshot()
+    assert snap.remaining.growth_per_call(g.name, "coder") == 500.0
+    # footprint = context now (+ a held call's prompt and expected output) + 500 x the graph's expected
+    # remaining calls (5: too few programs have finished to learn them)
+    from agentflow.runtime.policies import footprint_tokens
+    assert snap.index.estimate("a").remaining_calls == 5.0 and snap.remaining.remaining_calls(g.name, 2) is None
+    assert footprint_tokens(snap, snap.programs["a"]) == 1_600 + 500 * 5
+    assert footprint_tokens(snap, snap.programs["b"]) == 1_000 + 100 + 500 * 5
+    d = sched.step()  # 4,100 + 3,600 fits the 10,000-token budget; + 3,600 more would not
+    assert d.activated == ("b",) and sched.budget_tokens == 10_000 and list(sched.parked) == ["c"]
+
+
+def test_faults_are_counted_from_the_context_a_program_had_built():
+    sched, clock = _sched(StaticCap(5))
+    sched.apply(WorkerUpdate(worker="w0", kv_capacity_tokens=10_000, prefill_tokens_per_s=1_000.0,
+                             h2d_tokens_per_s=10_000.0))
+    g = coding_agent()
+    sched.apply(ProgramArrived(program_id="a", graph=g))
+    _call(sched, "a", 0, 1_000)
+    sched.step()
+    sched.apply(CallStarted(call_id="a#0", worker="w0", gpu_hit_tokens=0, host_hit_tokens=0))
+    assert sched.faults["fault_tokens"] == 0  # a first call has built nothing: no fault
+    sched.apply(CallFinished(call_id="a#0", worker="w0", output_tokens=200))  # built 1,200
+    _call(sched, "a", 1, 1_600)
+    sched.step()
+    # 300 of the 1,200 still on the GPU, 500 loaded back from host, 400 prefilled again
+    sched.apply(CallStarted(call_id="a#1", worker="w0", gpu_hit_tokens=300, host_hit_tokens=500))
+    assert sched.faults["fault_tokens"] == 400 and sched.faults["reload_tokens"] == 500
+    assert sched.faults["fault_s"] == pytest.approx(400 / 1_000 + 500 / 10_000)
+
+
+def test_an_engine_that_runs_a_held_call_makes_its_program_active():
+    sched, clock = _sched(StaticCap(1))
+    g = coding_agent()
+    for pid in ("a", "b"):
+        sched.apply(ProgramArrived(program_id=pid, graph=g))
+        _call(sched, pid, 0, 500)
+    assert sched.step().activated == ("a",)
+    sched.apply(CallStarted(call_id="b#0", worker="w0"))  # not routed, run anyway
+    assert not sched.parked and sched.programs["b"].active
+    assert "b#0" not in sched.waiting  # started: nothing to admit
