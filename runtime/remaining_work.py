@@ -10,8 +10,8 @@ done t calls,
 
     E[remaining calls | t] = E[N - t | N > t]      (over finished programs with N > t)
 
-and, per agent, how much a call adds to that agent's context (prompt of the next call minus the
-context the previous call left: tool results and the new instruction, plus the call's output):
+and how much longer each call's context (prompt + output) is than the program's previous call's
+(tool results, the new instruction and the output; 0 when a new conversation starts):
 
     E[final context] = context now + growth per call x E[remaining calls | t]
 
@@ -38,11 +38,12 @@ class RemainingWorkConfig:
 class _Workflow:
     __slots__ = ("calls", "_sorted", "growth", "growth_n")
 
+
     def __init__(self, max_samples: int):
         self.calls: deque[int] = deque(maxlen=max_samples)  # total calls of finished programs
         self._sorted: list[int] | None = None
-        self.growth: dict[str, float] = {}  # agent -> tokens a call adds to its context (EWMA)
-        self.growth_n: dict[str, int] = {}  # agent -> observations so far
+        self.growth: float | None = None  # tokens a call adds to the program's contexts (running mean, then EWMA)
+        self.growth_n = 0
 
     def sorted_calls(self) -> list[int]:
         if self._sorted is None:
@@ -76,14 +77,14 @@ class RemainingWork:
         wf._sorted = None
         self._cache = {k: v for k, v in self._cache.items() if k[0] != workflow}
 
-    def observe_growth(self, workflow: str, agent: str, tokens: int) -> None:
-        """One call of `agent` grew its context by `tokens` (next prompt - previous context + output)."""
+    def observe_growth(self, workflow: str, tokens: int) -> None:
+        """One call grew its program's contexts by `tokens` (negative counts as 0)."""
         wf = self._get(workflow)
         g = max(0, tokens)
-        n = wf.growth_n[agent] = wf.growth_n.get(agent, 0) + 1
-        old = wf.growth.get(agent, 0.0)
+        wf.growth_n += 1
+        old = wf.growth or 0.0
         # a running mean over the first 1/smoothing observations, an exponential average after them
-        wf.growth[agent] = old + max(self.config.growth_smoothing, 1.0 / n) * (g - old)
+        wf.growth = old + max(self.config.growth_smoothing, 1.0 / wf.growth_n) * (g - old)
 
     # ---- estimates -----------------------------------------------------------------------------
     def num_finished(self, workflow: str) -> int:
@@ -106,9 +107,9 @@ class RemainingWork:
         self._cache[key] = est
         return est
 
-    def growth_per_call(self, workflow: str, agent: str) -> float | None:
+    def growth_per_call(self, workflow: str) -> float | None:
         wf = self._wf.get(workflow)
-        return wf.growth.get(agent) if wf else None
+        return wf.growth if wf else None
 
 
 __all__ = ["RemainingWork", "RemainingWorkConfig"]

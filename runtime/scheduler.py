@@ -46,7 +46,7 @@ from agentflow.runtime.events import (
     ToolStarted, WorkerLost, WorkerUpdate,
 )
 from agentflow.runtime.policies import Policy
-from agentflow.runtime.policies.programs import active_footprint_tokens
+from agentflow.runtime.policies.programs import active_footprint_tokens, footprint_tokens
 from agentflow.runtime.prefixes import PrefixRef
 from agentflow.runtime.remaining_work import RemainingWork, RemainingWorkConfig
 from agentflow.runtime.reuse_book import ReuseBook
@@ -222,11 +222,10 @@ class Scheduler:
         del self.calls[e.call_id]
         prog.calls.discard(e.call_id)
         prog.attained_tokens += call.prompt_tokens + e.output_tokens
-        before = prog.context_tokens.get(call.agent)
-        if before is not None:  # what this call added to its agent's context
-            self.remaining.observe_growth(prog.graph.name, call.agent,
-                                          call.prompt_tokens - before + e.output_tokens)
-        prog.context_tokens[call.agent] = call.prompt_tokens + e.output_tokens
+        before = prog.last_context_tokens
+        prog.context_tokens[call.agent] = prog.last_context_tokens = call.prompt_tokens + e.output_tokens
+        if before is not None:  # how much longer this call's context is than the program's previous one
+            self.remaining.observe_growth(prog.graph.name, prog.last_context_tokens - before)
         self._programs_changed = True
         for c in prog.calls:  # a key may depend on the program's attained service: its waiting calls re-keyed
             if c in self.waiting:
@@ -236,6 +235,7 @@ class Scheduler:
         for ref in e.cached:
             pre = self._use(prog, call.agent, ref, now)
             pre.tiers[e.worker] = "gpu"
+            pre.built = True
         deepest = (e.cached or call.prefixes or (None,))[-1]
         if deepest is not None:
             prog.agent_prefix[call.agent] = deepest.key
@@ -472,10 +472,15 @@ class Scheduler:
 
     # ================================================================ programs =================
     def _count_fault(self, call: CallState, e: CallStarted) -> None:
-        """A fault: context this program's agent had built (its previous call's prompt + output) that
-        the engine no longer held on the GPU, so it was prefilled again or loaded back."""
-        prog = self.programs[call.program_id]
-        built = min(call.prompt_tokens - 1, prog.context_tokens.get(call.agent, 0))
+        """A fault: the call's deepest prefix that an engine had already held (a finished call cached
+        it), less what the engine still held on the GPU: prefilled again or loaded back. A prompt that
+        does not extend an earlier one (a new conversation) faults on nothing."""
+        built = 0
+        for ref in call.prefixes:
+            pre = self.prefixes.get(ref.key)
+            if pre is not None and pre.built:
+                built = max(built, ref.num_tokens)
+        built = min(call.prompt_tokens - 1, built)
         fault = max(0, built - e.gpu_hit_tokens)
         if fault <= 0:
             return
@@ -499,8 +504,10 @@ class Scheduler:
             elapsed = now - self._window_start_s
             if elapsed >= policy.config.interval_s:
                 share = self._fault_s / (elapsed * max(1, len(self.workers)))
-                budget = control(self.budget_tokens, fault_share=share, waiting=bool(self.parked), pool_tokens=pool,
-                                 active_tokens=active_footprint_tokens(snap))
+                gs = policy.config.growth_share
+                head = footprint_tokens(snap, self.programs[next(iter(self.parked))], gs) if self.parked else None
+                budget = control(self.budget_tokens, fault_share=share, waiting_tokens=head, pool_tokens=pool,
+                                 active_tokens=active_footprint_tokens(snap, gs))
                 self._programs_changed |= budget != self.budget_tokens
                 self.budget_tokens, self._window_start_s, self._fault_s = budget, now, 0.0
         if not (self.parked and self._programs_changed):

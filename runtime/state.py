@@ -47,6 +47,7 @@ class ProgramState:
     active: bool = False
     activated_s: float | None = None
     context_tokens: dict[str, int] = field(default_factory=dict)  # agent -> prompt + output of its last call
+    last_context_tokens: int | None = None  # prompt + output of its latest finished call
 
 
 @dataclass(slots=True, kw_only=True)
@@ -71,6 +72,7 @@ class PrefixState:
     last_used_s: float
     tiers: dict[str, str] = field(default_factory=dict)  # worker -> "gpu" | "host"
     priority: int | None = None  # last priority sent to engines
+    built: bool = False  # some engine has held it (a call that finished cached it): losing it is a fault
 
     @property
     def key(self) -> str:

@@ -13,10 +13,13 @@ call is held by the scheduler at the call boundary; nothing of it runs). The pol
 functions over a snapshot:
 
     plan(snap, budget)  -> which parked programs to activate now
-        projected footprint of a program = the context its agents hold now (prompt + output of
-        each agent's last call; a held call's prompt) + the growth still to come: per-call context
-        growth x expected remaining calls, both learned online (`runtime/remaining_work.py`), the
-        graph's expectation until enough programs have finished.
+        projected footprint of a program = its largest context now (an agent's last prompt +
+        output; a held call's prompt) + the growth still to come: per-call growth of the
+        program's context x expected remaining calls x `growth_share`, both learned online
+        (`runtime/remaining_work.py`; the graph's expected remaining calls until enough programs
+        have finished). With `growth_share` 0.5 a footprint is the mean context over the rest of
+        the program's life: what it holds on average, as the sum over programs at different ages
+        is what the pool holds.
         Parked programs are activated in arrival order while the active footprints plus theirs fit
         the budget; the head of the line is never skipped for a smaller one, so a program's wait is
         bounded by the completions ahead of it (nothing starves). At least one program is always
@@ -53,8 +56,10 @@ class WorkingSetConfig:
     fault_share_low: float = 0.05  # below (and programs wait): room for more; grow
     shrink: float = 0.9  # active footprint x this, per interval while faulting
     grow: float = 1.03  # budget x this per interval while not faulting and programs wait
+    grow_idle: float = 1.10  # ... and x this while faults are under a quarter of fault_share_low
+    growth_share: float = 0.5  # share of the remaining growth a footprint counts (1: the final context)
+    unsized_share: float = 0.25  # of the budget, for programs of a workflow whose growth is not known yet
     interval_s: float = 30.0  # control interval
-    binding: float = 0.8  # the budget binds when the active footprint is at least this share of it
     floor: float = 0.1  # budget never below floor x pool
     ceiling: float = 8.0  # nor above ceiling x pool (pool + host tier can hold more than the pool)
 
@@ -83,34 +88,36 @@ class ProgramAdmission(Protocol):
         """Which of `parked` (in arrival order) to activate now."""
 
 
-def footprint_tokens(snap: Snapshot, prog: ProgramState) -> float:
-    """Projected KV a program holds over the rest of its life: its context now plus the growth to come."""
-    now = sum(prog.context_tokens.values())
-    for c in prog.calls:  # submitted, not finished: the prompt supersedes that agent's context
+def footprint_tokens(snap: Snapshot, prog: ProgramState, growth_share: float = 1.0) -> float:
+    """Projected KV a program holds over the rest of its life: its largest context now (an agent's
+    last prompt + output, or a submitted call's prompt + expected output), plus `growth_share` x the
+    growth to come (learned per-call growth of the program's context x expected remaining calls).
+    The largest context, not the sum over its agents: contexts an agent will not extend again are
+    evicted without a fault (a ChatDev phase starts a new conversation), and the measured faults
+    correct the budget where a program keeps several agents' contexts alive."""
+    now = max(prog.context_tokens.values(), default=0)
+    for c in prog.calls:  # submitted, not finished
         call = snap.calls.get(c)
         if call is not None:
-            now += max(0, call.prompt_tokens + call.expected_output_tokens - prog.context_tokens.get(call.agent, 0))
+            now = max(now, call.prompt_tokens + call.expected_output_tokens)
     wf = prog.graph.name
     remaining = snap.remaining.remaining_calls(wf, prog.turn) if snap.remaining is not None else None
     if remaining is None:
         remaining = snap.index.estimate(prog.program_id).remaining_calls
-    agents = prog.context_tokens.keys() or prog.graph.agents
-    growths = [g for a in agents
-               if (g := (snap.remaining.growth_per_call(wf, a) if snap.remaining is not None else None)) is not None]
-    growth = sum(growths) / len(growths) if growths else 0.0
+    growth = (snap.remaining.growth_per_call(wf) if snap.remaining is not None else None) or 0.0
     if not math.isfinite(remaining):
         remaining = 0.0
-    return now + growth * max(0.0, remaining)
+    return now + growth_share * growth * max(0.0, remaining)
 
 
 def _sized(snap: Snapshot, prog: ProgramState) -> bool:
     if snap.remaining is None:
         return True
-    return any(snap.remaining.growth_per_call(prog.graph.name, a) is not None for a in prog.graph.agents)
+    return snap.remaining.growth_per_call(prog.graph.name) is not None
 
 
-def active_footprint_tokens(snap: Snapshot) -> float:
-    return sum(footprint_tokens(snap, p) for p in snap.programs.values() if p.active)
+def active_footprint_tokens(snap: Snapshot, growth_share: float = 1.0) -> float:
+    return sum(footprint_tokens(snap, p, growth_share) for p in snap.programs.values() if p.active)
 
 
 class AdmitAll:
@@ -147,32 +154,37 @@ class WorkingSet:
     def plan(self, snap: Snapshot, parked: Sequence[Hashable], budget_tokens: float) -> ProgramPlan:
         if not parked:
             return ProgramPlan()
+        share = self.config.growth_share
         active = [p for p in snap.programs.values() if p.active]
-        used = sum(footprint_tokens(snap, p) for p in active)
+        used = sum(footprint_tokens(snap, p, share) for p in active)
         out = []
         for pid in parked:
             prog = snap.programs[pid]
-            need = footprint_tokens(snap, prog)
+            need = footprint_tokens(snap, prog, share)
             if active or out:
-                # A workflow whose context growth is not known yet cannot be sized: one program at a
-                # time until one has made two calls (slow start, as TCP's).
-                if used + need > budget_tokens or not _sized(snap, prog):
+                # A workflow whose context growth is not known yet cannot be sized (its footprint is
+                # its context now): such programs fill at most `unsized_share` of the budget, room to
+                # grow that many times over before it binds, until one has made two calls.
+                limit = budget_tokens if _sized(snap, prog) else self.config.unsized_share * budget_tokens
+                if used + need > limit:
                     break  # FCFS: the head is never skipped for a smaller program behind it
             out.append(pid)
             used += need
         return ProgramPlan(activate=tuple(out))
 
-    def next_budget(self, budget_tokens: float, *, fault_share: float, waiting: bool, pool_tokens: float,
-                    active_tokens: float) -> float:
-        """The budget for the next interval. Shrinking starts from what is active now, not from the
-        budget: the active set only falls as programs finish, so faults go on for a while after the
-        budget is right, and compounding on the budget would overshoot far below it. Growing needs
-        programs waiting and a budget that binds (the active footprint near it)."""
+    def next_budget(self, budget_tokens: float, *, fault_share: float, waiting_tokens: float | None,
+                    pool_tokens: float, active_tokens: float) -> float:
+        """The budget for the next interval. `waiting_tokens`: the footprint of the first parked
+        program (None: none waits). Shrinking starts from what is active now, not from the budget: the
+        active set only falls as programs finish, so faults go on for a while after the budget is
+        right, and compounding on the budget would overshoot far below it. Growing needs a program
+        that the budget holds back (the active footprints plus its own exceed it)."""
         cfg = self.config
         if fault_share > cfg.fault_share_high:
             budget_tokens = min(budget_tokens, active_tokens) * cfg.shrink
-        elif fault_share < cfg.fault_share_low and waiting and active_tokens >= cfg.binding * budget_tokens:
-            budget_tokens *= cfg.grow
+        elif (fault_share < cfg.fault_share_low and waiting_tokens is not None
+              and active_tokens + waiting_tokens > budget_tokens):
+            budget_tokens *= cfg.grow_idle if fault_share < cfg.fault_share_low / 4 else cfg.grow
         return min(cfg.ceiling * pool_tokens, max(cfg.floor * pool_tokens, budget_tokens))
 
 

@@ -11,6 +11,7 @@ from agentflow.runtime.clock import ManualClock
 from agentflow.runtime.events import (
     CallFinished, CallStarted, CallSubmitted, ProgramArrived, ProgramFinished, WorkerUpdate,
 )
+from agentflow.runtime.prefixes import PrefixRef
 from agentflow.runtime.policies import StaticCap, WorkingSet, WorkingSetConfig, make_policy
 from agentflow.runtime.remaining_work import RemainingWork, RemainingWorkConfig
 from agentflow.runtime.scheduler import Scheduler
@@ -32,15 +33,15 @@ def test_remaining_calls_are_conditional_on_the_calls_done():
 
 def test_growth_is_a_running_mean_then_an_exponential_average():
     rw = RemainingWork(RemainingWorkConfig(growth_smoothing=0.5))
-    assert rw.growth_per_call("wf", "a") is None
-    rw.observe_growth("wf", "a", 100)
-    assert rw.growth_per_call("wf", "a") == 100.0
-    rw.observe_growth("wf", "a", 300)  # mean of two
-    assert rw.growth_per_call("wf", "a") == 200.0
-    rw.observe_growth("wf", "a", 0)  # weight max(0.5, 1/3) = 0.5
-    assert rw.growth_per_call("wf", "a") == 100.0
-    rw.observe_growth("wf", "a", -50)  # a context cannot shrink below nothing added
-    assert rw.growth_per_call("wf", "a") == 50.0
+    assert rw.growth_per_call("wf") is None
+    rw.observe_growth("wf", 100)
+    assert rw.growth_per_call("wf") == 100.0
+    rw.observe_growth("wf", 300)  # mean of two
+    assert rw.growth_per_call("wf") == 200.0
+    rw.observe_growth("wf", 0)  # weight max(0.5, 1/3) = 0.5
+    assert rw.growth_per_call("wf") == 100.0
+    rw.observe_growth("wf", -50)  # a context cannot shrink below nothing added
+    assert rw.growth_per_call("wf") == 50.0
 
 
 def test_remaining_work_memory_is_bounded():
@@ -59,18 +60,19 @@ def test_bad_remaining_work_input_is_refused():
 
 
 # ---- the budget's control -----------------------------------------------------------------------
-@pytest.mark.parametrize("fault, waiting, active, expected", [
-    (0.30, True, 800.0, 720.0),  # faulting: shrink from what is active (800 x 0.9), not from the budget
-    (0.30, True, 5000.0, 900.0),  # faulting, active above the budget: shrink the budget (1000 x 0.9)
-    (0.01, True, 900.0, 1030.0),  # quiet, programs wait, the budget binds (900 >= 0.8 x 1000): grow 3%
-    (0.01, True, 500.0, 1000.0),  # quiet but the budget does not bind: unchanged
-    (0.01, False, 900.0, 1000.0),  # quiet, nobody waits: unchanged
-    (0.10, True, 900.0, 1000.0),  # between the thresholds: unchanged
-    (0.50, True, 10.0, 100.0),  # never below floor x pool (0.1 x 1000)
+@pytest.mark.parametrize("fault, head, active, expected", [
+    (0.30, 300.0, 800.0, 720.0),  # faulting: shrink from what is active (800 x 0.9), not from the budget
+    (0.30, 300.0, 5000.0, 900.0),  # faulting, active above the budget: shrink the budget (1000 x 0.9)
+    (0.03, 300.0, 900.0, 1030.0),  # quiet, the budget holds the head back (900 + 300 > 1000): grow 3%
+    (0.01, 300.0, 900.0, 1100.0),  # ... and hardly faulting (< 0.05 / 4): grow 10%
+    (0.01, 300.0, 500.0, 1000.0),  # quiet, but the head fits (500 + 300): unchanged
+    (0.01, None, 900.0, 1000.0),  # quiet, nobody waits: unchanged
+    (0.10, 300.0, 900.0, 1000.0),  # between the thresholds: unchanged
+    (0.50, 300.0, 10.0, 100.0),  # never below floor x pool (0.1 x 1000)
 ])
-def test_next_budget(fault, waiting, active, expected):
+def test_next_budget(fault, head, active, expected):
     ws = WorkingSet(WorkingSetConfig())
-    got = ws.next_budget(1000.0, fault_share=fault, waiting=waiting, pool_tokens=1000.0, active_tokens=active)
+    got = ws.next_budget(1000.0, fault_share=fault, waiting_tokens=head, pool_tokens=1000.0, active_tokens=active)
     assert got == pytest.approx(expected)
 
 
@@ -117,7 +119,7 @@ def test_a_static_cap_holds_the_third_program_until_one_finishes():
 
 def test_working_set_slow_start_then_sizes_programs_by_their_projected_footprint():
     ws = WorkingSet(WorkingSetConfig())
-    sched, clock = _sched(ws, capacity=10_000)
+    sched, clock = _sched(ws, capacity=7_000)
     g = coding_agent()
     for pid in ("a", "b", "c"):
         sched.apply(ProgramArrived(program_id=pid, graph=g))
@@ -131,34 +133,46 @@ def test_working_set_slow_start_then_sizes_programs_by_their_projected_footprint
     sched.apply(CallStarted(call_id="a#1", worker="w0", gpu_hit_tokens=1_100, host_hit_tokens=0))
     sched.apply(CallFinished(call_id="a#1", worker="w0", output_tokens=100))  # growth 1,500 - 1,100 + 100 = 500
     snap = sched.snapshot()
-    assert snap.remaining.growth_per_call(g.name, "coder") == 500.0
-    # footprint = context now (+ a held call's prompt and expected output) + 500 x the graph's expected
-    # remaining calls (5: too few programs have finished to learn them)
+    assert snap.remaining.growth_per_call(g.name) == 500.0
+    # footprint = context now (+ a held call's prompt and expected output) + half of 500 x the graph's
+    # expected remaining calls (5: too few programs have finished to learn them): the mean context
+    # over the rest of the program's life
     from agentflow.runtime.policies import footprint_tokens
     assert snap.index.estimate("a").remaining_calls == 5.0 and snap.remaining.remaining_calls(g.name, 2) is None
-    assert footprint_tokens(snap, snap.programs["a"]) == 1_600 + 500 * 5
-    assert footprint_tokens(snap, snap.programs["b"]) == 1_000 + 100 + 500 * 5
-    d = sched.step()  # 4,100 + 3,600 fits the 10,000-token budget; + 3,600 more would not
-    assert d.activated == ("b",) and sched.budget_tokens == 10_000 and list(sched.parked) == ["c"]
+    assert footprint_tokens(snap, snap.programs["a"], 0.5) == 1_600 + 0.5 * 500 * 5
+    assert footprint_tokens(snap, snap.programs["b"], 0.5) == 1_000 + 100 + 0.5 * 500 * 5
+    assert footprint_tokens(snap, snap.programs["b"]) == 1_000 + 100 + 500 * 5  # the final context
+    d = sched.step()  # 2,850 + 2,350 fits the 7,000-token budget; + 2,350 more would not
+    assert d.activated == ("b",) and sched.budget_tokens == 7_000 and list(sched.parked) == ["c"]
 
 
-def test_faults_are_counted_from_the_context_a_program_had_built():
+def test_faults_are_counted_from_the_deepest_prefix_an_engine_had_held():
     sched, clock = _sched(StaticCap(5))
     sched.apply(WorkerUpdate(worker="w0", kv_capacity_tokens=10_000, prefill_tokens_per_s=1_000.0,
                              h2d_tokens_per_s=10_000.0))
     g = coding_agent()
+    sys_ref = PrefixRef(key="sys", parent=None, num_tokens=500)
+    hist = PrefixRef(key="h1", parent="sys", num_tokens=1_200)
     sched.apply(ProgramArrived(program_id="a", graph=g))
-    _call(sched, "a", 0, 1_000)
+    sched.apply(CallSubmitted(program_id="a", call_id="a#0", step="think", prefixes=(sys_ref,), prompt_tokens=1_000))
     sched.step()
     sched.apply(CallStarted(call_id="a#0", worker="w0", gpu_hit_tokens=0, host_hit_tokens=0))
-    assert sched.faults["fault_tokens"] == 0  # a first call has built nothing: no fault
-    sched.apply(CallFinished(call_id="a#0", worker="w0", output_tokens=200))  # built 1,200
-    _call(sched, "a", 1, 1_600)
+    assert sched.faults["fault_tokens"] == 0  # nothing had been held before: no fault
+    sched.apply(CallFinished(call_id="a#0", worker="w0", output_tokens=200, cached=(sys_ref, hist)))
+    sched.apply(CallSubmitted(program_id="a", call_id="a#1", step="think", prefixes=(sys_ref, hist),
+                              prompt_tokens=1_600))
     sched.step()
-    # 300 of the 1,200 still on the GPU, 500 loaded back from host, 400 prefilled again
+    # of the 1,200 held before: 300 still on the GPU, 500 loaded back from host, 400 prefilled again
     sched.apply(CallStarted(call_id="a#1", worker="w0", gpu_hit_tokens=300, host_hit_tokens=500))
     assert sched.faults["fault_tokens"] == 400 and sched.faults["reload_tokens"] == 500
     assert sched.faults["fault_s"] == pytest.approx(400 / 1_000 + 500 / 10_000)
+    # a prompt that starts a new conversation (no prefix held before) faults on nothing
+    sched.apply(CallFinished(call_id="a#1", worker="w0", output_tokens=100))
+    sched.apply(CallSubmitted(program_id="a", call_id="a#2", step="think",
+                              prefixes=(PrefixRef(key="new", parent=None, num_tokens=900),), prompt_tokens=1_000))
+    sched.step()
+    sched.apply(CallStarted(call_id="a#2", worker="w0", gpu_hit_tokens=0, host_hit_tokens=0))
+    assert sched.faults["fault_tokens"] == 400
 
 
 def test_an_engine_that_runs_a_held_call_makes_its_program_active():
