@@ -45,6 +45,7 @@ class ReplayConfig:
     workers: int = 1
     kv_capacity_tokens: int | None = None  # per worker; None: the preset's
     host_capacity_tokens: int | None = None  # per worker; None: the preset's; 0: no host tier
+    charge_host_link: bool = True  # HiCache's writes and loads share one PCIe link (False: free writes)
     page_size: int = 1
     chunk_tokens: int = 8192
     max_running: int = 256
@@ -87,7 +88,7 @@ class Replay:
             f"w{i}": SimWorker(f"w{i}", cost, capacity_tokens=config.kv_capacity_tokens,
                                host_capacity_tokens=config.host_capacity_tokens, page_size=config.page_size,
                                chunk_tokens=config.chunk_tokens, max_running=config.max_running,
-                               strategy=strategy, clock=now)
+                               strategy=strategy, clock=now, charge_link=config.charge_host_link)
             for i in range(config.workers)
         }
         self.rec = Recorder(kv_bytes_per_token=cost.kv_bytes_per_token)
@@ -361,9 +362,9 @@ class Replay:
             tokens = self._tokens(f.prefix)
             if w is None or tokens is None:
                 continue
-            extra = w.host_extra(tokens)
-            if extra > 0:
-                self._push(now + extra / self.cost.h2d_tokens_per_s, "transfer", w.name, f.prefix)
+            lands = w.prefetch(now, tokens)  # on the worker's one host link, behind its writes
+            if lands is not None:
+                self._push(lands, "transfer", w.name, f.prefix)
         if d.admit:
             self._rank = {c: i for i, c in enumerate(d.admit)}
         for r in d.routes:
