@@ -82,7 +82,8 @@ class IterationResult:
 class SimWorker:
     def __init__(self, name: str, cost: CostModel, *, capacity_tokens: int | None = None,
                  host_capacity_tokens: int | None = None, page_size: int = 1, chunk_tokens: int = 8192,
-                 max_running: int = 256, strategy: str = "lru", clock=None, charge_link: bool = True):
+                 max_running: int = 256, strategy: str = "lru", clock=None, charge_link: bool = True,
+                 inherit_priority: bool = False):
         self.name = name
         self.cost = cost
         self.capacity = capacity_tokens if capacity_tokens is not None else cost.kv_capacity_tokens
@@ -96,6 +97,7 @@ class SimWorker:
         self.host = RadixCache(page_size=page_size, eviction_policy=strategy) if host > 0 else None
         self.host_capacity = host
         self.charge_link = charge_link
+        self.inherit_priority = inherit_priority
         self.link = HostLink()
         self._writes: list[tuple[float, int, object]] = []  # (lands at, seq, locked GPU node)
         self._write_seq = 0
@@ -139,15 +141,21 @@ class SimWorker:
         """When the next pending host write lands (its GPU path unlocks then), if any."""
         return self._writes[0][0] if self._writes else None
 
-    def _host_insert(self, seq: bytes, node, now: float) -> None:
+    def _host_insert(self, seq: bytes, node, now: float, priority: int = 0) -> None:
         """HiCache write-through: back up the tokens of `seq` the host lacks. The host holds them
         from now (a read of them hits the GPU copy, locked until the write lands, first)."""
         if self.host is None:
             return
         new = len(seq) // B - self.host.peek_prefix(seq).num_tokens
-        self.host.insert(seq)
+        hnode = self.host.insert(seq, priority=priority if self.inherit_priority else 0).last_node
         over = self.host.total_size() - self.host_capacity
-        if over > 0:
+        if over > 0 and hnode is not self.host.root:
+            # SGLang makes host room from nodes no longer on the GPU: never from the copy being written
+            self.host.inc_lock_ref(hnode)
+            self.host.evict(over)
+            self.host.dec_lock_ref(hnode)
+            over = self.host.total_size() - self.host_capacity
+        if over > 0:  # a sequence larger than the host tier
             self.host.evict(over)
         if new <= 0 or not self.charge_link:
             return
@@ -166,7 +174,10 @@ class SimWorker:
         prompt alone with p + 1, so the output tail goes before its prompt. `now`: when (the host
         write is queued on the link then); by default the latest time the worker was told."""
         now = self._tick(now)
-        matched = self.gpu.peek_prefix(seq).num_tokens
+        peek = self.gpu.peek_prefix(seq)
+        matched = peek.num_tokens
+        if self.inherit_priority and peek.nodes:  # what extends a cached path is as urgent as it
+            priority = max(priority, peek.nodes[-1].priority)
         node = None
         if self._make_room(len(seq) // B - matched):
             node = self.gpu.insert(seq, priority=priority).last_node
@@ -174,7 +185,7 @@ class SimWorker:
                 self.gpu.insert(seq[: prompt_len * B], priority=priority + 1)
             if node is self.gpu.root:
                 node = None
-        self._host_insert(seq, node, now)
+        self._host_insert(seq, node, now, priority)
 
     def prefetch(self, now: float, tokens: bytes) -> float | None:
         """Queue a host -> GPU load of what the host holds of `tokens` beyond the GPU; the time it
@@ -224,7 +235,9 @@ class SimWorker:
 
     # ---- one iteration ------------------------------------------------------------------------
     def has_work(self) -> bool:
-        return bool(self.prefilling or self.decoding)
+        """Something to run, or to wait for: a load-back, or a host write whose locked path may be
+        what keeps a waiting request out (SGLang's loop polls its write acks every iteration)."""
+        return bool(self.prefilling or self.decoding or (self.waiting and self._writes))
 
     def plan_iteration(self, now: float) -> tuple[int, int, int, int, list[tuple[SimRequest, int]]]:
         """(prefill tokens, their summed context, decode seqs, decode context, [(request, chunk)]).
@@ -262,8 +275,9 @@ class SimWorker:
                                         decode_seqs=n_dec, decode_context_tokens=dec_ctx + n_dec * (decode_steps - 1) // 2,
                                         prefill_seqs=self.chunk_contexts(chunks) if len(chunks) > 1 else None)
         if dt <= 0 and not chunks and not n_dec:
-            # only requests waiting on a host load-back: idle until the first is ready
-            wake = min(r.ready_s for r in self.prefilling)
+            # only requests waiting on a host load-back, or on a write: idle until the first is done
+            wake = min([r.ready_s for r in self.prefilling] + [self._writes[0][0]] if self._writes else
+                       [r.ready_s for r in self.prefilling])
             return IterationResult(duration_s=max(0.0, wake - now))
         dt *= decode_steps
         res = IterationResult(duration_s=dt)
