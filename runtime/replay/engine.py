@@ -22,6 +22,7 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 
 from agentflow.runtime.clock import ManualClock
+from agentflow.runtime.decision import priority_of_steps
 from agentflow.runtime.engines.sim.interfaces import CostModel
 from agentflow.runtime.engines.sim.radix import TOKEN_BYTES as B
 from agentflow.runtime.engines.sim.radix import pack_tokens
@@ -33,7 +34,7 @@ from agentflow.runtime.events import (
 from agentflow.runtime.policies import Policy, make_policy
 from agentflow.runtime.prefixes import PrefixRef
 from agentflow.runtime.replay.metrics import Recorder
-from agentflow.runtime.replay.oracle import ReplayOracle
+from agentflow.runtime.replay.oracle import ReplayOracle, program_paths
 from agentflow.runtime.replay.planning import PlanningGraph
 from agentflow.runtime.scheduler import Scheduler, SchedulerConfig
 from agentflow.runtime.workload.format import Program, SegmentKind
@@ -45,6 +46,7 @@ class ReplayConfig:
     workers: int = 1
     kv_capacity_tokens: int | None = None  # per worker; None: the preset's
     host_capacity_tokens: int | None = None  # per worker; None: the preset's; 0: no host tier
+    charge_host_link: bool = True  # HiCache's writes and loads share one PCIe link (False: free writes)
     page_size: int = 1
     chunk_tokens: int = 8192
     max_running: int = 256
@@ -93,7 +95,8 @@ class Replay:
             f"w{i}": SimWorker(f"w{i}", cost, capacity_tokens=config.kv_capacity_tokens,
                                host_capacity_tokens=self.host_capacity_tokens, page_size=config.page_size,
                                chunk_tokens=config.chunk_tokens, max_running=config.max_running,
-                               strategy=strategy, clock=now)
+                               strategy=strategy, clock=now, charge_link=config.charge_host_link,
+                               inherit_priority=policy == "belady")
             for i in range(config.workers)
         }
         self.rec = Recorder(kv_bytes_per_token=cost.kv_bytes_per_token)
@@ -227,20 +230,35 @@ class Replay:
                                        expected_output_tokens=req.output_len))
         self._project(pid)
 
-    def _project(self, pid: Hashable) -> None:
-        """Tell Belady's oracle this program's future (only the belady policy reads it)."""
+    def _project(self, pid: Hashable, next_at_s: float | None = None) -> None:
+        """Tell Belady's oracle this program's future (only the belady policy reads it): its next
+        call is read at `next_at_s` (default now: it was just submitted), later ones after their
+        LLM and tool times. Called on every submission and every tool start."""
         if self.policy_name != "belady":
             return
         prog = self._progs[pid]
-        future = []
-        calls = prog.program.calls
-        for j in range(prog.next_call, len(calls)):
-            delay = 0.0 if j == prog.next_call else (calls[j - 1].tool.duration_s if calls[j - 1].tool else 0.0)
-            keys = [k for k, _ in prog.calls[j][2]]
-            if j > prog.next_call:
-                keys.append(prog.calls[j - 1][3])
-            future.append((delay, keys))
-        self.oracle.project(pid, self.clock.now_s(), future)
+        if not self.oracle.learnt(pid):
+            calls = prog.program.calls
+            llm_s, tool_s = [], []
+            for j, (prompt, output, prefixes, _) in enumerate(prog.calls):
+                call = calls[j]
+                if call.latency_s is not None:  # as recorded
+                    llm_s.append(call.latency_s)
+                else:  # the call alone on a worker, its history cached
+                    n, cached = len(prompt) // B, max((m for _, m in prefixes), default=0)
+                    step = self.cost.iteration_time_s(prefill_tokens=0, prefill_context_tokens=0, decode_seqs=1,
+                                                      decode_context_tokens=n)
+                    llm_s.append(self.cost.prefill_time_s(n - cached, cached) + len(output) // B * step)
+                tool_s.append(call.tool.duration_s if call.tool is not None and j + 1 < len(calls) else 0.0)
+            self.oracle.learn(pid, program_paths(prog.calls, B), llm_s, tool_s)
+        self.oracle.refresh(pid, prog.next_call, self.clock.now_s() if next_at_s is None else next_at_s)
+        if prog.next_call > 0:
+            # The sequence the last call just cached sits in the caches with insert's priority (0):
+            # give it its next use now, before this event's admissions evict (the scheduler's
+            # decision, which carries the same value, comes after them).
+            key = prog.calls[prog.next_call - 1][3]
+            self._prio[key] = priority_of_steps(self.oracle.next_use_at_s(key))
+            self._apply_priority(key, self.workers.values())
 
     # ---- workers -----------------------------------------------------------------------------
     def _kick(self, w: SimWorker) -> None:
@@ -303,6 +321,7 @@ class Replay:
             self.sched.apply(ToolStarted(program_id=pid, step=self.plan.tool_step, tool=call.tool.kind.value))
             self._push(self.clock.now_s() + call.tool.duration_s, "tool_done", pid, call.tool.kind.value,
                        call.tool.duration_s)
+            self._project(pid, self.clock.now_s() + call.tool.duration_s)  # the next call's time is known now
         elif prog.next_call < len(prog.program.calls):
             self._submit(pid)
         else:
@@ -370,9 +389,9 @@ class Replay:
             tokens = self._tokens(f.prefix)
             if w is None or tokens is None:
                 continue
-            extra = w.host_extra(tokens)
-            if extra > 0:
-                self._push(now + extra / self.cost.h2d_tokens_per_s, "transfer", w.name, f.prefix)
+            lands = w.prefetch(now, tokens)  # on the worker's one host link, behind its writes
+            if lands is not None:
+                self._push(lands, "transfer", w.name, f.prefix)
         if d.admit:
             self._rank = {c: i for i, c in enumerate(d.admit)}
         for r in d.routes:

@@ -106,6 +106,46 @@ def test_breakdown_adds_up_and_tp1_has_no_allreduce(models):
     assert models["llama-3.1-70b-4xh100"].iteration_cost(**kw).allreduce_s > 0
 
 
+def test_a_two_sequence_chunk_prices_each_sequence_against_its_own_context(models):
+    """Issue 14, item 7: a chunk of 1000 new tokens over a 5000-token context and 1000 over 1000
+    (a fresh prompt) attends to 1000 x 4500 + 1000 x 500 = 5e6 pairs; priced as one sequence of the
+    summed lengths (2000 over 6000) it would be 10e6, twice the pairs."""
+    cm = models["llama-3.1-8b-h100"]
+    seqs = ((1000, 5000), (1000, 1000))
+    kw = dict(prefill_tokens=2000, prefill_context_tokens=6000, decode_seqs=0, decode_context_tokens=0)
+    cost = cm.iteration_cost(**kw, prefill_seqs=seqs)
+    # Llama-3.1-8B on one H100, by hand: 32 layers, 32 query heads of 128, K and V of 8 KV heads x 128
+    # in bf16 (4096 bytes per token per layer), 989.4 TFLOP/s x 0.5, 3.35 TB/s x 0.7, 5 us floor.
+    flops = 4 * 32 * 128 * (1000 * (5000 - 500) + 1000 * (1000 - 500))
+    nbytes = 4096 * ((5000 + 1000) + (1000 + 1000)) + (2 * 32 * 128 * 2) * 2000
+    attention = 32 * 5e-6 + 32 * max(flops / (989.4e12 * 0.5), nbytes / (3.35e12 * 0.7))
+    assert attention == pytest.approx(32 * 5e-6 + 32 * 8.192e10 / 4.947e14, rel=1e-12)  # compute-bound
+    assert cost.attention_prefill_s == pytest.approx(attention, rel=1e-12)
+    assert cost.attention_prefill_s == pytest.approx(0.00545905, abs=1e-8)  # 5.459 ms
+    one = cm.iteration_cost(**kw)  # without prefill_seqs: one 2000-token chunk over 6000, 10e6 pairs
+    assert one.attention_prefill_s == pytest.approx(32 * 5e-6 + 32 * 4 * 32 * 128 * 10e6 / 4.947e14, rel=1e-12)
+    # every other part is the same, and the whole is the parts
+    assert (cost.linear_s, cost.lm_head_s, cost.overhead_s) == (one.linear_s, one.lm_head_s, one.overhead_s)
+    assert cm.iteration_time_s(**kw, prefill_seqs=seqs) == pytest.approx(
+        one.total_s - one.attention_prefill_s + attention, rel=1e-12)
+    # one sequence listed is the old call exactly
+    assert cm.iteration_time_s(**kw, prefill_seqs=((2000, 6000),)) == cm.iteration_time_s(**kw)
+    with pytest.raises(ValueError, match="prefill_tokens=2000"):
+        cm.iteration_time_s(**kw, prefill_seqs=((1000, 5000),))
+
+
+def test_the_measured_model_prices_pairs_per_sequence():
+    cm = make_cost_model("smollm2-135m-cpu")
+    c = cm.data["coefficients"]
+    kw = dict(prefill_tokens=300, prefill_context_tokens=700, decode_seqs=2, decode_context_tokens=900)
+    t = cm.iteration_time_s(**kw, prefill_seqs=((100, 500), (200, 200)))
+    expected = (c["overhead_s"] + c["s_per_prefill_token"] * 300 + c["s_per_prefill"]
+                + c["s_per_attention_pair"] * (100 * (500 - 50) + 200 * (200 - 100))
+                + c["s_per_prefill_context_token"] * 700 + c["s_per_decode_seq"] * 2
+                + c["s_per_decode_context_token"] * 900)
+    assert t == pytest.approx(expected, rel=1e-12)
+
+
 def test_batches_beyond_the_table_are_computed(models):
     cm = models["llama-3.1-8b-h100"]
     big = decode(cm, 4000, 1000)

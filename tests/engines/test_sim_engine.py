@@ -181,8 +181,9 @@ def test_cancel_frees_kv_and_other_requests_go_on():
     assert res.finish_reason == "length" and res.cached_tokens == 0
 
 
-def test_queued_request_waits_for_memory_then_runs():
-    eng, _ = _engine(capacity_tokens=120)
+@pytest.mark.parametrize("charge_link", [False, True])
+def test_queued_request_waits_for_memory_then_runs(charge_link):
+    eng, _ = _engine(capacity_tokens=120, charge_link=charge_link)
 
     async def go():
         a = asyncio.create_task(_run(eng, _request(eng, "a", _words(20, "a"), out=60)))
@@ -191,7 +192,10 @@ def test_queued_request_waits_for_memory_then_runs():
 
     (_, ra), (_, rb) = asyncio.run(go())
     assert ra.queued_s == 0.0
-    assert rb.queued_s == pytest.approx(ra.duration_s, rel=1e-9)  # admitted when A's KV came free
+    # admitted when A's KV came free: at A's end, or (HiCache write-through with its link charged)
+    # once A's sequence has been written to the host, its GPU path locked until then
+    write_s = (ra.prompt_tokens + 60) / COST.d2h_tokens_per_s if charge_link else 0.0
+    assert rb.queued_s == pytest.approx(ra.duration_s + write_s, rel=1e-9)
 
 
 def test_admission_order_follows_the_decision():
@@ -242,10 +246,11 @@ def test_real_clock_scaled():
     assert wall < 2.0
 
 
-def test_prefetch_brings_an_evicted_prefix_back_from_host_after_h2d_time():
+@pytest.mark.parametrize("charge_link", [False, True])
+def test_prefetch_brings_an_evicted_prefix_back_from_host_after_h2d_time(charge_link):
     from agentflow.runtime.decision import Prefetch
 
-    eng, clock = _engine(capacity_tokens=64, host_capacity_tokens=1000)
+    eng, clock = _engine(capacity_tokens=64, host_capacity_tokens=1000, charge_link=charge_link)
 
     async def go():
         _, a = await _run(eng, _request(eng, "a", _words(16, "a"), system="s"))
@@ -254,6 +259,7 @@ def test_prefetch_brings_an_evicted_prefix_back_from_host_after_h2d_time():
         key = a.cached[-1].key
         gone = key not in eng.load().cached_prefixes
         t0 = clock.now_s()
+        queued = max(0.0, eng.worker.link.free_at_s - t0)  # C's host write still on the link
         eng.apply(Decision(step=1, time_s=t0, prefetches=(
             Prefetch(prefix=key, worker="w0", deadline_s=t0 + 1, num_tokens=a.cached[-1].num_tokens),)))
         early = key in eng.load().cached_prefixes
@@ -262,10 +268,83 @@ def test_prefetch_brings_an_evicted_prefix_back_from_host_after_h2d_time():
         back = not early and key in eng.load().cached_prefixes
         waited = clock.now_s() - t0
         _, again = await _run(eng, _request(eng, "a2", _words(16, "a"), system="s"))
-        return gone, back, waited, again, a
+        return gone, back, waited, again, a, queued
 
-    gone, back, waited, again, a = asyncio.run(go())
+    gone, back, waited, again, a, queued = asyncio.run(go())
     assert gone and back
+    assert (queued > 0) == charge_link  # with the link charged, the prefetch waits behind C's write
     h2d = a.cached[-1].num_tokens / COST.h2d_tokens_per_s
-    assert 0 < waited <= h2d * 1.0001  # the engine slept until the transfer landed (the GPU kept part of it)
+    # the engine slept until the transfer landed (the GPU kept part of it)
+    assert queued < waited <= (queued + h2d) * 1.0001
     assert again.cached_tokens == again.prompt_tokens - 1 and again.host_tokens == 0  # a GPU hit now
+
+
+# ---- the SimWorker underneath: chunk pricing, HiCache write-through and its one host link ---------
+
+def _tokens(start: int, n: int) -> bytes:
+    from agentflow.runtime.engines.sim.radix import pack_tokens
+    return pack_tokens(range(start, start + n))
+
+
+def _sim_request(call_id: str, prompt: bytes, out: int = 1):
+    from agentflow.runtime.engines.sim.worker import SimRequest
+    return SimRequest(call_id=call_id, program_id="p", tokens=prompt, output_ids=_tokens(900_000, out),
+                      submitted_s=0.0)
+
+
+def test_worker_prices_a_two_sequence_chunk_per_sequence():
+    from agentflow.runtime.engines.sim.worker import SimWorker
+
+    w = SimWorker("w0", COST, host_capacity_tokens=0)
+    cached = _tokens(0, 4000)
+    w.insert_cached(cached)  # 4000 tokens on the GPU: A's prompt extends them
+    w.waiting += [_sim_request("a", cached + _tokens(50_000, 1000)), _sim_request("b", _tokens(60_000, 1000))]
+    assert len(w.admit(0.0, {})) == 2
+    res = w.run_iteration(0.0)
+    # A: 1000 new tokens through 5000 (4000 hit on the GPU); B: 1000 through 1000
+    expected = COST.iteration_time_s(prefill_tokens=2000, prefill_context_tokens=6000, decode_seqs=0,
+                                     decode_context_tokens=0, prefill_seqs=((1000, 5000), (1000, 1000)))
+    assert res.duration_s == expected
+    assert res.duration_s < COST.iteration_time_s(prefill_tokens=2000, prefill_context_tokens=6000, decode_seqs=0,
+                                                  decode_context_tokens=0)  # the summed-lengths overcount
+
+
+@pytest.mark.parametrize("charge_link", [True, False])
+def test_a_load_back_waits_behind_a_host_write_on_the_one_link(charge_link):
+    from agentflow.runtime.engines.sim.worker import SimWorker
+
+    d2h, h2d = COST.d2h_tokens_per_s, COST.h2d_tokens_per_s
+    w = SimWorker("w0", COST, capacity_tokens=10_000, host_capacity_tokens=20_000, charge_link=charge_link)
+    x, y = _tokens(0, 1000), _tokens(10_000, 2000)
+    w.insert_cached(x, now=0.0)  # write-through: X's 1000 tokens go to the host
+    t1 = 1000 / d2h
+    if charge_link:
+        assert w.link.free_at_s == t1 and w.next_write_s() == t1
+        assert w.gpu.evictable_size() == 0  # X's path is locked while it is written
+        w.admit(t1 * 0.999, {})
+        assert w.gpu.evictable_size() == 0
+    w.admit(t1, {})  # the write has landed: X may go
+    assert w.gpu.evictable_size() == 1000 and w.next_write_s() is None
+    w.gpu.evict(1000)  # X leaves the GPU; the host keeps it
+    t2 = 2 * t1
+    w.insert_cached(y, now=t2)  # Y's write takes the link from t2
+    w.waiting.append(_sim_request("r", x + _tokens(20_000, 10)))
+    (req,) = w.admit(t2, {})
+    assert (req.gpu_hit, req.host_hit) == (0, 1000)
+    if charge_link:  # the load queues behind Y's 2000-token write
+        assert req.ready_s == pytest.approx(t2 + 2000 / d2h + 1000 / h2d, rel=1e-12)
+        assert w.link.waited_s == pytest.approx(2000 / d2h, rel=1e-12)
+        assert (w.link.d2h_tokens, w.link.h2d_tokens) == (3000, 1000)
+    else:  # free writes, a link nobody else uses
+        assert req.ready_s == pytest.approx(t2 + 1000 / h2d, rel=1e-12)
+        assert w.link.busy_s == 0.0
+
+
+def test_without_a_host_tier_nothing_crosses_the_link():
+    from agentflow.runtime.engines.sim.worker import SimWorker
+
+    w = SimWorker("w0", COST, capacity_tokens=10_000, host_capacity_tokens=0)
+    w.insert_cached(_tokens(0, 1000), now=0.0)
+    assert w.host is None and w.next_write_s() is None and w.link.busy_s == 0.0
+    assert w.gpu.evictable_size() == 1000  # nothing locked under a write
+    assert w.prefetch(0.0, _tokens(0, 1000)) is None

@@ -17,10 +17,12 @@ attention is a roofline on the GPU's datasheet figures with stated efficiencies;
 is listed, with its source, in docs/cost-model.md.
 
 Prefill attention, one sequence: a chunk of P new tokens after C - P cached ones attends causally to
-P x (C - P/2) (query, key) pairs, 4 x heads x head_dim flops each (QK^T and PV). Several sequences in
-one chunk are summed before they reach us (interfaces.py), so the model treats the chunk as one
-sequence: exact for one, an over-estimate for several (the cross terms), which is small next to the
-linear layers unless contexts are long.
+P x (C - P/2) (query, key) pairs, 4 x heads x head_dim flops each (QK^T and PV). A chunk holding
+several sequences (`prefill_seqs`, interfaces.py) is priced sequence by sequence: each attends only to
+its own context (one varlen kernel per layer, so one launch floor). Without `prefill_seqs` the chunk
+is one sequence of the summed lengths, exact for one sequence; for k sequences that would count the
+cross terms, e.g. two 1000-token chunks over 5000 and 1000 tokens priced as 2000 over 6000: twice the
+pairs.
 
 Memory follows SGLang: the KV pool is what `mem_fraction_static` of the GPU leaves after the weights
 (`model_runner.profile_max_num_token`), with `mem_fraction_static` from SGLang's own heuristic; the
@@ -33,6 +35,7 @@ a chunk plus a full decode batch; attention is a few float operations.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -139,6 +142,23 @@ class IterationCost:
                 + self.attention_decode_s + self.overhead_s)
 
 
+PrefillSeqs = Sequence[tuple[int, int]]  # per sequence of a chunk: (its new tokens, its context through them)
+
+
+def _prefill_seqs(prefill_tokens: int, prefill_context_tokens: int,
+                  prefill_seqs: PrefillSeqs | None) -> PrefillSeqs:
+    """The chunk's sequences, checked against the totals; without them, one sequence of the totals."""
+    if not prefill_seqs:
+        return ((prefill_tokens, prefill_context_tokens),) if prefill_tokens else ()
+    if any(p < 0 or c < 0 for p, c in prefill_seqs):
+        raise ValueError(f"prefill_seqs counts must be >= 0 (got {list(prefill_seqs)})")
+    total = sum(p for p, _ in prefill_seqs)
+    if total != prefill_tokens:
+        raise ValueError(f"prefill_seqs hold {total} new tokens but prefill_tokens={prefill_tokens}; "
+                         "pass the chunk's sequences exactly")
+    return prefill_seqs
+
+
 def _chunked_prefill_time_s(model, num_tokens: int, cached_tokens: int, chunk: int) -> float:
     """A prefill alone on a worker, in chunks of `chunk` tokens, priced by `model.iteration_time_s`."""
     if num_tokens < 0 or cached_tokens < 0:
@@ -220,11 +240,12 @@ class VidurCostModel:
     # ---- the CostModel protocol --------------------------------------------------------------
 
     def iteration_cost(self, *, prefill_tokens: int, prefill_context_tokens: int, decode_seqs: int,
-                       decode_context_tokens: int) -> IterationCost:
+                       decode_context_tokens: int, prefill_seqs: PrefillSeqs | None = None) -> IterationCost:
         if min(prefill_tokens, prefill_context_tokens, decode_seqs, decode_context_tokens) < 0:
             raise ValueError("iteration token counts must be >= 0 (got prefill_tokens="
                              f"{prefill_tokens}, prefill_context_tokens={prefill_context_tokens}, "
                              f"decode_seqs={decode_seqs}, decode_context_tokens={decode_context_tokens})")
+        seqs = _prefill_seqs(prefill_tokens, prefill_context_tokens, prefill_seqs)
         n = prefill_tokens + decode_seqs
         if n == 0:
             return IterationCost(linear_s=0.0, allreduce_s=0.0, lm_head_s=0.0, attention_prefill_s=0.0,
@@ -240,10 +261,13 @@ class VidurCostModel:
         layers = self.preset.model.num_layers
         prefill_attn = decode_attn = 0.0
         if prefill_tokens:
-            p = float(prefill_tokens)
-            ctx = float(max(prefill_context_tokens, prefill_tokens))
-            flops = self._attn_flops_per_pair * p * (ctx - p / 2.0)
-            nbytes = self._kv_bytes_per_layer_token * (ctx + p) + self._qo_bytes_per_token * p
+            # one varlen kernel per layer over the chunk's sequences: each attends to its own context
+            pairs = nbytes = 0.0
+            for p_i, c_i in seqs:
+                p, ctx = float(p_i), float(max(c_i, p_i))
+                pairs += p * (ctx - p / 2.0)
+                nbytes += self._kv_bytes_per_layer_token * (ctx + p) + self._qo_bytes_per_token * p
+            flops = self._attn_flops_per_pair * pairs
             prefill_attn = self._attn_floor_s + layers * max(flops / self._prefill_flops_per_s,
                                                              nbytes / self._decode_bytes_per_s)
         if decode_seqs:
@@ -258,11 +282,12 @@ class VidurCostModel:
                              overhead_s=self.preset.assumptions.iteration_overhead_s)
 
     def iteration_time_s(self, *, prefill_tokens: int, prefill_context_tokens: int, decode_seqs: int,
-                         decode_context_tokens: int) -> float:
+                         decode_context_tokens: int, prefill_seqs: PrefillSeqs | None = None) -> float:
         return self.iteration_cost(prefill_tokens=prefill_tokens,
                                    prefill_context_tokens=prefill_context_tokens,
                                    decode_seqs=decode_seqs,
-                                   decode_context_tokens=decode_context_tokens).total_s
+                                   decode_context_tokens=decode_context_tokens,
+                                   prefill_seqs=prefill_seqs).total_s
 
     def prefill_time_s(self, num_tokens: int, cached_tokens: int = 0) -> float:
         """Alone on the worker, in chunks of `chunked_prefill_size` as SGLang runs it."""
@@ -306,7 +331,12 @@ class MeasuredCostModel:
     sequences over K context tokens: the linear layers and the LM head per packed row (a, e; the
     LM head runs once per prefill that ends and once per decode row), causal attention pairs (c),
     the KV gathered from the pool per context token (d, f). KV geometry, the pool and the host tier
-    are the engine's defaults, so a replay with this preset simulates that engine."""
+    are the engine's defaults, so a replay with this preset simulates that engine.
+
+    With `prefill_seqs`, the pairs term sums P_i x (C_i - P_i/2) over the chunk's sequences (each
+    attends to its own context); the other terms are linear in P and C, so sums are exact for them.
+    The calibration sweeps prefill one sequence per step (their prefill and mixed steps), so the
+    fitted `c` is a per-sequence coefficient."""
 
     def __init__(self, name: str, data: dict):
         self.name = name
@@ -323,15 +353,17 @@ class MeasuredCostModel:
         self.fit_error = data.get("fit_error", {})
 
     def iteration_time_s(self, *, prefill_tokens: int, prefill_context_tokens: int, decode_seqs: int,
-                         decode_context_tokens: int) -> float:
+                         decode_context_tokens: int, prefill_seqs: PrefillSeqs | None = None) -> float:
         if min(prefill_tokens, prefill_context_tokens, decode_seqs, decode_context_tokens) < 0:
             raise ValueError("iteration token counts must be >= 0")
         p, d = prefill_tokens, decode_seqs
         if p == 0 and d == 0:
             return 0.0
+        seqs = _prefill_seqs(prefill_tokens, prefill_context_tokens, prefill_seqs)
         t0, a, b, c, dc, e, f = self._k
         ctx = max(prefill_context_tokens, p)
-        return (t0 + a * p + (b if p else 0.0) + c * p * (ctx - p / 2.0) + dc * (ctx if p else 0)
+        pairs = sum(p_i * (max(c_i, p_i) - p_i / 2.0) for p_i, c_i in seqs)
+        return (t0 + a * p + (b if p else 0.0) + c * pairs + dc * (ctx if p else 0)
                 + e * d + f * decode_context_tokens)
 
     def prefill_time_s(self, num_tokens: int, cached_tokens: int = 0) -> float:
@@ -385,6 +417,6 @@ def make_cost_model(name: str = DEFAULT_PRESET, *, calibration: Calibration | No
 
 
 __all__ = ["A100_SXM", "Assumptions", "DEFAULT_PRESET", "GpuSpec", "H100_SXM", "IterationCost",
-           "MEASURED_PRESETS", "MeasuredCostModel", "PRESETS", "Preset", "VidurCostModel", "all_preset_names",
+           "MEASURED_PRESETS", "MeasuredCostModel", "PRESETS", "PrefillSeqs", "Preset", "VidurCostModel", "all_preset_names",
            "load_measured", "make_cost_model", "preset_names",
            "sglang_mem_fraction_static"]

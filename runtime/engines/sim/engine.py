@@ -119,7 +119,7 @@ class SimEngine:
                  max_running: int = 256, strategy: str = "lru", time_scale: float = 1.0,
                  clock: Clock | None = None, sleep: Callable[[float], Awaitable[None]] | None = None,
                  min_wall_step_s: float = 0.002, max_known_prefixes: int = 65536,
-                 reply: Callable[[GenerateRequest, str], str] | None = None):
+                 reply: Callable[[GenerateRequest, str], str] | None = None, charge_link: bool = True):
         if not time_scale > 0:
             raise ValueError(f"time_scale must be > 0 (got {time_scale})")
         self.name = name
@@ -127,7 +127,7 @@ class SimEngine:
         self.time_scale = float(time_scale)
         self.worker = SimWorker(name, cost, capacity_tokens=capacity_tokens, host_capacity_tokens=host_capacity_tokens,
                                 page_size=page_size, chunk_tokens=chunk_tokens, max_running=max_running,
-                                strategy=strategy)
+                                strategy=strategy, charge_link=charge_link)
         self._clock = clock or MonotonicClock()  # wall time; scaled by time_scale
         self._sleep = sleep or asyncio.sleep  # wall seconds
         self._wall0 = self._clock.now_s()
@@ -330,11 +330,15 @@ class SimEngine:
             await asyncio.sleep(0)  # let streams and callers run between iterations
 
     async def _idle(self) -> None:
-        """Wait for a wake-up, or until the next prefetch lands."""
-        if not self._transfers:
+        """Wait for a wake-up, or until the next prefetch lands or host write frees its KV."""
+        dues = [t for t, _ in self._transfers]
+        write = self.worker.next_write_s()
+        if write is not None and self.worker.waiting:  # a path locked under write may be what blocks
+            dues.append(write)
+        if not dues:
             await self._wake.wait()
             return
-        due = min(t for t, _ in self._transfers)
+        due = min(dues)
         sleeper = asyncio.ensure_future(self._sleep_until(due))
         waker = asyncio.ensure_future(self._wake.wait())
         try:
@@ -389,7 +393,7 @@ class SimEngine:
         for key in due:
             tokens = self._tokens(key)
             if tokens is not None:
-                self.worker.insert_cached(tokens)
+                self.worker.insert_cached(tokens, now=now)
                 self._apply_priority(key)
 
     # ---- decisions -----------------------------------------------------------------------------
@@ -418,9 +422,10 @@ class SimEngine:
             tokens = self._tokens(f.prefix)
             if f.worker != self.name or tokens is None:
                 continue
-            extra = w.host_extra(tokens)
-            if extra > 0 and all(k != f.prefix for _, k in self._transfers):
-                self._transfers.append((now + extra / self.cost.h2d_tokens_per_s, f.prefix))
+            if all(k != f.prefix for _, k in self._transfers):
+                lands = w.prefetch(now, tokens)  # on the worker's one host link, behind its writes
+                if lands is not None:
+                    self._transfers.append((lands, f.prefix))
         if decision.admit:
             self._rank = {c: i for i, c in enumerate(decision.admit)}
         if decision.unpins or decision.admit or decision.prefetches:

@@ -12,17 +12,29 @@ What it models (SGLang's scheduler loop, simplified to what decides KV traffic a
          +------------------------------ insert prompt + output into the radix cache, unlock
 
 One iteration runs a prefill chunk and one decode step for every running sequence together
-(continuous batching); its duration comes from the cost model. Pins are locks on a radix path.
-The host tier is write-through: every sequence inserted on the GPU is also inserted on the host
-(its own LRU radix cache), so what the GPU evicts can be loaded back instead of recomputed.
+(continuous batching); its duration comes from the cost model, each sequence of the chunk priced
+against its own context. Pins are locks on a radix path.
+
+The host tier is SGLang HiCache as shipped (`--enable-hierarchical-cache`, its default
+`write_through` policy): every sequence inserted on the GPU is backed up to the host (its own radix
+cache, ordered by the GPU's eviction strategy; a priority set on a prefix applies to both tiers, as
+in SGLang's single HiRadixTree), so what the GPU evicts can be loaded back instead of recomputed.
+With `charge_link` (the default) the backup has its real costs: the new tokens go device->host over
+the worker's one PCIe link (link.py, a FIFO shared with load-backs and prefetches), and the GPU path
+stays locked (unevictable) until the write has landed, as SGLang locks a node under write. Without
+`charge_link`, writes are free and instant and each load takes its own h2d time on a link nobody
+else uses (the model before issue 14). `host_capacity_tokens=0`: no host tier, no link, no writes:
+SGLang without HiCache.
 """
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Hashable
 from dataclasses import dataclass, field
 
 from agentflow.runtime.engines.sim.interfaces import CostModel
+from agentflow.runtime.engines.sim.link import HostLink
 from agentflow.runtime.engines.sim.radix import TOKEN_BYTES, RadixCache
 
 B = TOKEN_BYTES  # keys are packed int64 token ids: token i is bytes [B*i, B*(i+1))
@@ -70,16 +82,26 @@ class IterationResult:
 class SimWorker:
     def __init__(self, name: str, cost: CostModel, *, capacity_tokens: int | None = None,
                  host_capacity_tokens: int | None = None, page_size: int = 1, chunk_tokens: int = 8192,
-                 max_running: int = 256, strategy: str = "lru", clock=None):
+                 max_running: int = 256, strategy: str = "lru", clock=None, charge_link: bool = True,
+                 inherit_priority: bool = False):
         self.name = name
         self.cost = cost
         self.capacity = capacity_tokens if capacity_tokens is not None else cost.kv_capacity_tokens
         host = host_capacity_tokens if host_capacity_tokens is not None else cost.host_capacity_tokens
+        if host < 0:
+            raise ValueError(f"host_capacity_tokens must be >= 0 (got {host}); 0 means no host tier")
         self.clock = clock
         # Access times: each cache's own operation counter (deterministic; see radix.py), not `clock`.
         self.gpu = RadixCache(page_size=page_size, eviction_policy=strategy)
-        self.host = RadixCache(page_size=page_size, eviction_policy="lru") if host > 0 else None
+        # One HiRadixTree in SGLang: the host side evicts by the same strategy and priorities.
+        self.host = RadixCache(page_size=page_size, eviction_policy=strategy) if host > 0 else None
         self.host_capacity = host
+        self.charge_link = charge_link
+        self.inherit_priority = inherit_priority
+        self.link = HostLink()
+        self._writes: list[tuple[float, int, object]] = []  # (lands at, seq, locked GPU node)
+        self._write_seq = 0
+        self._now = 0.0  # the latest time any call told us (for inserts that carry none)
         self.chunk_tokens = chunk_tokens
         self.max_running = max_running
         self.waiting: list[SimRequest] = []
@@ -105,29 +127,81 @@ class SimWorker:
             self.evicted_tokens += sum(e.num_tokens for e in self.gpu.evict(short))
         return self.free_tokens() >= need
 
-    def _host_insert(self, seq: bytes) -> None:
+    def _tick(self, now: float | None) -> float:
+        """Advance to `now` (never backwards): writes that have landed by then unlock their paths."""
+        if now is not None and now > self._now:
+            self._now = now
+        writes = self._writes
+        while writes and writes[0][0] <= self._now:
+            _, _, node = heapq.heappop(writes)
+            self.gpu.dec_lock_ref(node)
+        return self._now
+
+    def next_write_s(self) -> float | None:
+        """When the next pending host write lands (its GPU path unlocks then), if any."""
+        return self._writes[0][0] if self._writes else None
+
+    def _host_insert(self, seq: bytes, node, now: float, priority: int = 0) -> None:
+        """HiCache write-through: back up the tokens of `seq` the host lacks. The host holds them
+        from now (a read of them hits the GPU copy, locked until the write lands, first)."""
         if self.host is None:
             return
-        self.host.insert(seq)
+        new = len(seq) // B - self.host.peek_prefix(seq).num_tokens
+        hnode = self.host.insert(seq, priority=priority if self.inherit_priority else 0).last_node
         over = self.host.total_size() - self.host_capacity
-        if over > 0:
+        if over > 0 and hnode is not self.host.root:
+            # SGLang makes host room from nodes no longer on the GPU: never from the copy being written
+            self.host.inc_lock_ref(hnode)
             self.host.evict(over)
+            self.host.dec_lock_ref(hnode)
+            over = self.host.total_size() - self.host_capacity
+        if over > 0:  # a sequence larger than the host tier
+            self.host.evict(over)
+        if new <= 0 or not self.charge_link:
+            return
+        lands = self.link.transfer(now, new, self.cost.d2h_tokens_per_s, to_gpu=False)
+        if node is None:  # the GPU had no room to keep it: nothing to hold while it is written
+            return
+        self.gpu.inc_lock_ref(node)
+        self._write_seq += 1
+        heapq.heappush(self._writes, (lands, self._write_seq, node))
 
-    def insert_cached(self, seq: bytes, priority: int = 0, prompt_len: int | None = None) -> None:
-        """Put a sequence in the GPU cache (and the host tier), evicting to make room.
+    def insert_cached(self, seq: bytes, priority: int = 0, prompt_len: int | None = None,
+                      now: float | None = None) -> None:
+        """Put a sequence in the GPU cache (and back it up to the host tier), evicting to make room.
 
         As SGLang 0.5.23 caches a finished request: the whole sequence with priority p, then the
-        prompt alone with p + 1, so the output tail goes before its prompt."""
-        matched = self.gpu.peek_prefix(seq).num_tokens
+        prompt alone with p + 1, so the output tail goes before its prompt. `now`: when (the host
+        write is queued on the link then); by default the latest time the worker was told."""
+        now = self._tick(now)
+        peek = self.gpu.peek_prefix(seq)
+        matched = peek.num_tokens
+        if self.inherit_priority and peek.nodes:  # what extends a cached path is as urgent as it
+            priority = max(priority, peek.nodes[-1].priority)
+        node = None
         if self._make_room(len(seq) // B - matched):
-            self.gpu.insert(seq, priority=priority)
+            node = self.gpu.insert(seq, priority=priority).last_node
             if prompt_len:
                 self.gpu.insert(seq[: prompt_len * B], priority=priority + 1)
-        self._host_insert(seq)
+            if node is self.gpu.root:
+                node = None
+        self._host_insert(seq, node, now, priority)
+
+    def prefetch(self, now: float, tokens: bytes) -> float | None:
+        """Queue a host -> GPU load of what the host holds of `tokens` beyond the GPU; the time it
+        lands (then `insert_cached(tokens)`), or None when there is nothing to load."""
+        now = self._tick(now)
+        extra = self.host_extra(tokens)
+        if extra <= 0:
+            return None
+        if not self.charge_link:
+            return now + extra / self.cost.h2d_tokens_per_s
+        return self.link.transfer(now, extra, self.cost.h2d_tokens_per_s, to_gpu=True)
 
     # ---- admission ---------------------------------------------------------------------------
     def admit(self, now: float, rank: dict[Hashable, int]) -> list[SimRequest]:
         """Admit waiting requests in the scheduler's order (then FCFS) while memory allows."""
+        self._tick(now)
         if not self.waiting:
             return []
         self.waiting.sort(key=lambda r: (rank.get(r.call_id, 1 << 30), r.submitted_s))
@@ -148,8 +222,12 @@ class SimWorker:
                 break  # head of line blocks, as in SGLang's FCFS admission
             self.waiting.pop(0)
             req.gpu_hit, req.host_hit, req.node, req.reserved = hit, host_hit, node, need
-            load_s = host_hit / self.cost.h2d_tokens_per_s if host_hit else 0.0
-            req.ready_s = now + load_s
+            if not host_hit:
+                req.ready_s = now
+            elif self.charge_link:  # behind whatever the link already carries
+                req.ready_s = self.link.transfer(now, host_hit, self.cost.h2d_tokens_per_s, to_gpu=True)
+            else:
+                req.ready_s = now + host_hit / self.cost.h2d_tokens_per_s
             self.private_tokens += need
             self.prefilling.append(req)
             admitted.append(req)
@@ -157,10 +235,13 @@ class SimWorker:
 
     # ---- one iteration ------------------------------------------------------------------------
     def has_work(self) -> bool:
-        return bool(self.prefilling or self.decoding)
+        """Something to run, or to wait for: a load-back, or a host write whose locked path may be
+        what keeps a waiting request out (SGLang's loop polls its write acks every iteration)."""
+        return bool(self.prefilling or self.decoding or (self.waiting and self._writes))
 
     def plan_iteration(self, now: float) -> tuple[int, int, int, int, list[tuple[SimRequest, int]]]:
-        """(prefill tokens, their context, decode seqs, decode context, [(request, chunk)])."""
+        """(prefill tokens, their summed context, decode seqs, decode context, [(request, chunk)]).
+        Each chunk's own context is `chunk_contexts(chunks)`."""
         budget = self.chunk_tokens
         chunks: list[tuple[SimRequest, int]] = []
         ctx = 0
@@ -179,16 +260,24 @@ class SimWorker:
         dec_ctx = sum(r.prompt_len + r.generated for r in self.decoding)
         return prefill, ctx, len(self.decoding), dec_ctx, chunks
 
+    @staticmethod
+    def chunk_contexts(chunks: list[tuple[SimRequest, int]]) -> list[tuple[int, int]]:
+        """Per planned chunk (before it runs): (its new tokens, its sequence's context through them)."""
+        return [(n, req.gpu_hit + req.host_hit + req.done_prefill + n) for req, n in chunks]
+
     def run_iteration(self, now: float, decode_steps: int = 1) -> IterationResult:
         """Start an iteration at `now` (or `decode_steps` decode-only iterations at once)."""
+        self._tick(now)
         prefill, ctx, n_dec, dec_ctx, chunks = self.plan_iteration(now)
         if chunks:
             decode_steps = 1
         dt = self.cost.iteration_time_s(prefill_tokens=prefill, prefill_context_tokens=ctx,
-                                        decode_seqs=n_dec, decode_context_tokens=dec_ctx + n_dec * (decode_steps - 1) // 2)
+                                        decode_seqs=n_dec, decode_context_tokens=dec_ctx + n_dec * (decode_steps - 1) // 2,
+                                        prefill_seqs=self.chunk_contexts(chunks) if len(chunks) > 1 else None)
         if dt <= 0 and not chunks and not n_dec:
-            # only requests waiting on a host load-back: idle until the first is ready
-            wake = min(r.ready_s for r in self.prefilling)
+            # only requests waiting on a host load-back, or on a write: idle until the first is done
+            wake = min([r.ready_s for r in self.prefilling] + [self._writes[0][0]] if self._writes else
+                       [r.ready_s for r in self.prefilling])
             return IterationResult(duration_s=max(0.0, wake - now))
         dt *= decode_steps
         res = IterationResult(duration_s=dt)
@@ -218,7 +307,7 @@ class SimWorker:
                 keep.append(req)
         self.decoding = keep
         for req in done:
-            self._finish(req)
+            self._finish(req, end)
         res.finished = done
         return res
 
@@ -228,12 +317,13 @@ class SimWorker:
             return 1
         return max(1, min(r.output_len - r.generated for r in self.decoding))
 
-    def _finish(self, req: SimRequest) -> None:
+    def _finish(self, req: SimRequest, end: float) -> None:
         self.private_tokens -= req.reserved
         seq = req.full = req.tokens + req.output_ids
         self.gpu.dec_lock_ref(req.node)
         req.node = None
-        self.insert_cached(seq, prompt_len=req.prompt_len)
+        # the state moves at the iteration's start; its write to the host is queued at its end
+        self.insert_cached(seq, prompt_len=req.prompt_len, now=end)
 
     # ---- decisions -------------------------------------------------------------------------
     def node_of(self, tokens: bytes):
@@ -247,6 +337,10 @@ class SimWorker:
         prefix, which keeps its own). A read-only walk: setting a priority is not an access (it
         must not refresh recency) and splits nothing; the last node may run past the prefix, and
         then its tail takes the priority too. False if the cache does not hold all of `tokens`."""
+        if self.host is not None:  # one tree in SGLang: the host copy carries the same priority
+            hp = self.host.peek_prefix(tokens)
+            if hp.num_tokens == len(tokens) // B and hp.nodes:
+                self.host.set_path_priority(hp.nodes[-1], priority, above_tokens=above_tokens)
         peek = self.gpu.peek_prefix(tokens)
         if peek.num_tokens == len(tokens) // B and peek.nodes:
             self.gpu.set_path_priority(peek.nodes[-1], priority, above_tokens=above_tokens)
