@@ -58,7 +58,7 @@ class WorkingSetConfig:
     grow: float = 1.03  # budget x this per interval while not faulting and programs wait
     grow_idle: float = 1.10  # ... and x this while faults are under a quarter of fault_share_low
     growth_share: float = 0.5  # share of the remaining growth a footprint counts (1: the final context)
-    unsized_share: float = 0.25  # of the budget, for programs of a workflow whose growth is not known yet
+    unsized_share: float = 0.05  # of the budget: the initial window for a workflow whose growth is not known yet
     interval_s: float = 30.0  # control interval
     floor: float = 0.1  # budget never below floor x pool
     ceiling: float = 8.0  # nor above ceiling x pool (pool + host tier can hold more than the pool)
@@ -163,8 +163,8 @@ class WorkingSet:
             need = footprint_tokens(snap, prog, share)
             if active or out:
                 # A workflow whose context growth is not known yet cannot be sized (its footprint is
-                # its context now): such programs fill at most `unsized_share` of the budget, room to
-                # grow that many times over before it binds, until one has made two calls.
+                # its context now): its programs fill at most `unsized_share` of the budget, a small
+                # initial window as TCP's, until one of them has made two calls.
                 limit = budget_tokens if _sized(snap, prog) else self.config.unsized_share * budget_tokens
                 if used + need > limit:
                     break  # FCFS: the head is never skipped for a smaller program behind it
