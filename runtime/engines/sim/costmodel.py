@@ -417,6 +417,6 @@ def make_cost_model(name: str = DEFAULT_PRESET, *, calibration: Calibration | No
 
 
 __all__ = ["A100_SXM", "Assumptions", "DEFAULT_PRESET", "GpuSpec", "H100_SXM", "IterationCost",
-           "MEASURED_PRESETS", "MeasuredCostModel", "PRESETS", "PrefillSeqs", "Preset", "VidurCostModel", "all_preset_names",
-           "load_measured", "make_cost_model", "preset_names",
+           "MEASURED_PRESETS", "MeasuredCostModel", "PRESETS", "PrefillSeqs", "Preset", "VidurCostModel",
+           "all_preset_names", "load_measured", "make_cost_model", "preset_names",
            "sglang_mem_fraction_static"]
