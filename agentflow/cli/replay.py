@@ -39,8 +39,12 @@ from agentflow.errors import AgentflowError
               help="Live runs: workload seconds per wall second (the service's and sim workers' --time-scale).")
 @click.option("--token", default=None, help="--service: bearer token.")
 @click.option("--tls-cert", default=None, type=click.Path(dir_okay=False), help="--service: CA certificate (PEM).")
+@click.option("--sweep", "sweep_dir", type=click.Path(file_okay=False), default=None,
+              help="JCT against load (closed loop 1/4-2x the default concurrency, open loop 1/4-5/4 of saturation) "
+                   "and each policy's capacity at SLO (p95 JCT <= 2x unloaded): JSON and jct_vs_load.png here. "
+                   "First 100 programs unless --programs; minutes per policy.")
 def replay(workload, policies, preset, workers, rate, concurrency, recorded, num_programs, kv_tokens, host_tokens,
-           seed, json_out, plot_dir, engine, live, service, sglang_url, time_scale, token, tls_cert) -> None:
+           seed, json_out, plot_dir, engine, live, service, sglang_url, time_scale, token, tls_cert, sweep_dir) -> None:
     """Replay WORKLOAD (a workload file, see `agentflow workload`) through a simulated SGLang
     cluster once per policy, and compare them side by side: job completion time, time to first
     token, prefix hit rate, recomputed prefill, pinned memory, throughput."""
@@ -63,6 +67,9 @@ def replay(workload, policies, preset, workers, rate, concurrency, recorded, num
             sys.exit(2)
         _live(workload, names, preset, workers, concurrency, num_programs, kv_tokens, host_tokens, seed, json_out,
               engine, service, sglang_url, time_scale, token, tls_cert)
+        return
+    if sweep_dir:
+        _sweep(workload, names, preset, workers, num_programs, kv_tokens, host_tokens, seed, sweep_dir)
         return
     setup = ReplaySetup(workload=workload, policies=names, preset=preset, workers=workers, rate_per_s=rate,
                         concurrency=concurrency, recorded=recorded, num_programs=num_programs, seed=seed,
@@ -132,3 +139,45 @@ def _live(workload, names, preset, workers, concurrency, num_programs, kv_tokens
         with open(json_out, "w") as f:
             json.dump({"config": config, "results": results}, f, indent=2)
         click.echo(f"json: {json_out}")
+
+
+def _sweep(workload, names, preset, workers, num_programs, kv_tokens, host_tokens, seed, out_dir) -> None:
+    import json
+    from pathlib import Path
+
+    from agentflow.cli._table import render
+    from agentflow.runtime.engines.sim.costmodel import make_cost_model
+    from agentflow.runtime.replay import sweep
+    from agentflow.runtime.replay.load import RunSpec
+    from agentflow.runtime.replay.run import default_concurrency
+    from agentflow.runtime.workload import load_workload
+
+    if "belady" in names:
+        names = tuple(n for n in names if n != "belady")
+        click.echo("note: --sweep skips belady (a reference, not a system to load)", err=True)
+    n = num_programs or 100
+    try:
+        programs = list(load_workload(workload).programs)[:n]
+    except (AgentflowError, ValueError, OSError) as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(2)
+    kv = kv_tokens or make_cost_model(preset).kv_capacity_tokens
+    conc = default_concurrency(programs, kv * workers)
+    base = RunSpec(workload=workload, policy="sglang", preset=preset, num_programs=n, workers=workers,
+                   kv_capacity_tokens=kv_tokens, host_capacity_tokens=host_tokens, seed=seed)
+    total = len(names) * (len(sweep.CLOSED_FACTORS) + len(sweep.OPEN_FACTORS) + 4)
+    with click.progressbar(length=total, label=f"sweeping {len(names)} policies", file=sys.stderr,
+                           show_pos=True) as bar:
+        doc = sweep.sweep(base, names, default_concurrency=conc, progress=lambda: bar.update(1))
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "sweep.json").write_text(json.dumps(doc, indent=2) + "\n")
+    rows = [(r["policy"], r["loop"], r["concurrency"] or "", f"{r['rate_per_min']:.2f}" if r["rate_per_min"] else "",
+             f"{r['jct_mean_s']:.1f}", f"{r['jct_p95_s']:.1f}", f"{r['ttft_after_first_p99_s']:.2f}")
+            for r in doc["runs"]]
+    click.echo(render(("policy", "loop", "in flight", "rate/min", "JCT mean s", "JCT p95 s", "TTFT p99 s*"), rows))
+    click.echo("* TTFT p99 of every call after a program's first, time parked included")
+    click.echo(f"capacity at SLO (p95 JCT <= {doc['slo_p95_s']:.0f} s), programs/min: "
+               + ", ".join(f"{p} {c:.2f}" for p, c in doc["capacity_per_min"].items()))
+    path = sweep.plot(doc, out, title=f"{Path(workload).name} ({n} programs, {preset})")
+    click.echo(f"json: {out / 'sweep.json'}\nplot: {path}")
