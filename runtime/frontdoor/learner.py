@@ -93,6 +93,7 @@ class ClassStats:
     tool_gaps: dict[str, GapStats] = field(default_factory=dict)
     plan: LearnedPlan | None = None
     plan_version: tuple = ()
+    plan_serial: int = 0  # the scheduler indexes workflows by name: each plan gets its own
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -168,6 +169,7 @@ class GraphLearner:
         agents = tuple(sorted(c.agent_calls))
         version = (agents, int(math.log2(c.calls_done + 1)), int(math.log2(c.programs_done + 1)))
         if c.plan is None or version != c.plan_version:
+            c.plan_serial += 1
             c.plan, c.plan_version = self._build(c), version
             self.plans_built += 1
         return c.plan
@@ -181,7 +183,7 @@ class GraphLearner:
         mean_calls = c.calls_done / c.programs_done if c.programs_done else 4.0
         max_calls = max(2, 2 * c.max_calls, math.ceil(mean_calls))
         mean_calls = max(1.0, min(float(max_calls), mean_calls))
-        wf = Workflow(_safe(f"learned-{c.name}"), description="learned from traffic by the OpenAI front door")
+        wf = Workflow(_safe(f"learned-{c.name}") + f"-v{c.plan_serial}", description="learned from traffic by the OpenAI front door")
         wf.tool(TOOL_STEP, duration_hint_s=None)
         steps = {}
         if len(agents) <= 1:

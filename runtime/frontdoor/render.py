@@ -32,8 +32,11 @@ def render_messages(messages: Sequence[Mapping], tools: Sequence[Mapping] | None
         text = message_text(m.get("content"))
         for c in m.get("tool_calls") or ():
             fn = c.get("function") or {}
-            text += ("\n" if text else "") + "<tool_call>" + json.dumps(
-                {"name": fn.get("name", ""), "arguments": fn.get("arguments", "")}) + "</tool_call>"
+            args = fn.get("arguments", "")
+            args = args if isinstance(args, str) else json.dumps(args)
+            # as a forced call is opened (forced_prefix), so the echo re-reads the cached answer
+            text += ("\n" if text else "") + '<tool_call>{"name": ' + json.dumps(fn.get("name", "")) + \
+                ', "arguments": ' + args + "}</tool_call>"
         out.append({"role": "tool" if role == "function" else role, "content": text})
     if tools:
         block = ("You may call these tools. To call one, answer with <tool_call>{\"name\": ..., \"arguments\": "
