@@ -9,7 +9,9 @@ messages, then request k's answer, then something new (a tool result, a user tur
 
 so every answered request leaves one key, the chained content hash of its messages plus its
 answer, and a new request belongs to the program of the longest of its own message prefixes that
-is such a key. A multi-agent program (each agent with its own system prompt and history) is
+is such a key. It also leaves the hash of its messages alone: a client that drops a cut-off answer
+and adds a message (mini-swe-agent does) strictly extends them, and joins too; an identical
+request (a rerun of the same task) does not. A multi-agent program (each agent with its own system prompt and history) is
 linked the other way too: a request that quotes an earlier answer whole, as one message (the
 usual way a graph hands one node's output to the next), joins that answer's program.
 
@@ -77,7 +79,7 @@ def text_key(tenant: str, text: str) -> bytes:
 class TrackerLimits:
     idle_s: float = 600.0  # a program with no request for this long is over
     max_programs: int = 10_000
-    max_keys: int = 200_000  # continuation and answer keys, together
+    max_keys: int = 200_000  # continuation, answer and request keys, together
 
 
 @dataclass(slots=True, kw_only=True)
@@ -101,6 +103,7 @@ class ProgramTracker:
         self.limits = limits
         self.programs: OrderedDict[str, TrackedProgram] = OrderedDict()  # least recently used first
         self._keys: OrderedDict[bytes, str] = OrderedDict()  # continuation / answer key -> program
+        self._requests: OrderedDict[bytes, str] = OrderedDict()  # an answered request's messages -> program
         self.inferred_joins = 0  # requests matched to an earlier program by content
         self.quote_joins = 0  # of those, by quoting an earlier answer
 
@@ -110,6 +113,8 @@ class ProgramTracker:
         links = chain(tenant, messages)
         for i in range(len(links) - 1, -1, -1):
             pid = self._keys.get(links[i])
+            if pid is None and 1 <= i < len(links) - 1:  # strictly extends an earlier request
+                pid = self._requests.get(links[i])
             if pid is not None and pid in self.programs:
                 self.inferred_joins += 1
                 return pid
@@ -139,16 +144,20 @@ class ProgramTracker:
     def answered(self, prog: TrackedProgram, messages: Sequence[Mapping], answer: Mapping) -> None:
         """Leave the keys a continuation of this request will carry."""
         links = chain(prog.tenant, list(messages) + [answer])
-        self._put(links[-1], prog.program_id)
+        self._put(self._keys, links[-1], prog.program_id)
+        if len(messages) >= 2:
+            # a client that drops an answer (cut off at max_tokens, say) and adds a message still
+            # extends this request's messages; an identical request (a rerun) does not join
+            self._put(self._requests, links[-2], prog.program_id)
         text = message_text(answer.get("content"))
         if len(text) >= MIN_QUOTE_CHARS:
-            self._put(text_key(prog.tenant, text), prog.program_id)
+            self._put(self._keys, text_key(prog.tenant, text), prog.program_id)
 
-    def _put(self, key: bytes, pid: str) -> None:
-        self._keys[key] = pid
-        self._keys.move_to_end(key)
-        while len(self._keys) > self.limits.max_keys:
-            self._keys.popitem(last=False)
+    def _put(self, table: OrderedDict, key: bytes, pid: str) -> None:
+        table[key] = pid
+        table.move_to_end(key)
+        while len(table) > self.limits.max_keys // 2:
+            table.popitem(last=False)
 
     def expired(self, now_s: float) -> list[TrackedProgram]:
         """Remove and return the programs that are over: idle too long, or over the bound (oldest first).
