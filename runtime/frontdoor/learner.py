@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 START, END = "__start__", "__end__"
 OTHER = "other"
 TOOL_STEP = "tool"
+MAX_LEARNED_ITERATIONS = 1_000_000
 
 
 def _digest(text: str) -> bytes:
@@ -181,7 +182,8 @@ class GraphLearner:
         counts = Counter({a: n for a, n in c.agent_calls.items() if a != OTHER})
         agents = [a for a, _ in counts.most_common()]
         mean_calls = c.calls_done / c.programs_done if c.programs_done else 4.0
-        max_calls = max(2, 2 * c.max_calls, math.ceil(mean_calls))
+        # the scheduler enforces a loop's bound, and nothing bounds an undeclared program's length
+        max_calls = MAX_LEARNED_ITERATIONS
         mean_calls = max(1.0, min(float(max_calls), mean_calls))
         wf = Workflow(_safe(f"learned-{c.name}") + f"-v{c.plan_serial}", description="learned from traffic by the OpenAI front door")
         wf.tool(TOOL_STEP, duration_hint_s=None)
