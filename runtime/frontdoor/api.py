@@ -164,9 +164,14 @@ def build_app(front: FrontDoor, *, token: str | None = None) -> Starlette:
             raise _bad("body", "must be a JSON object")
         return tenant, body
 
+    children: dict = {}  # label values -> the metric's child (labels() costs more than inc())
+
     def _count(endpoint: str, status: int) -> None:
         if metrics is not None:
-            metrics.requests.labels(endpoint, str(status)).inc()
+            key = ("r", endpoint, status)
+            if key not in children:
+                children[key] = metrics.requests.labels(endpoint, str(status))
+            children[key].inc()
 
     async def serve(request: Request, endpoint: str):
         try:
@@ -186,7 +191,10 @@ def build_app(front: FrontDoor, *, token: str | None = None) -> Starlette:
                     raise _bad("prompt", "must be a non-empty string (or one list of token ids)")
                 req = ChatRequest(prompt=p, **common)
             if metrics is not None:
-                metrics.hint_source.labels(hints.source).inc()
+                key = ("h", hints.source)
+                if key not in children:
+                    children[key] = metrics.hint_source.labels(hints.source)
+                children[key].inc()
             stream = bool(body.get("stream"))
             opts = body.get("stream_options") or {}
             include_usage = isinstance(opts, Mapping) and bool(opts.get("include_usage"))

@@ -55,10 +55,13 @@ def _args(arguments) -> str:
 
 
 def canonical(m: Mapping) -> bytes:
-    calls = [(c.get("id", ""), (c.get("function") or {}).get("name", ""), _args((c.get("function") or {}).get("arguments", "")))
-             for c in (m.get("tool_calls") or ())]
-    return json.dumps([m.get("role", ""), message_text(m.get("content")), m.get("tool_call_id") or "", calls],
-                      separators=(",", ":")).encode()
+    """role, text, tool_call_id and tool calls, unit-separated (\x1f cannot occur in JSON text
+    unescaped... but may in a message: each field is length-prefixed, so no two messages collide)."""
+    fields = [m.get("role") or "", message_text(m.get("content")), m.get("tool_call_id") or ""]
+    for c in m.get("tool_calls") or ():
+        fn = c.get("function") or {}
+        fields += [c.get("id") or "", fn.get("name") or "", _args(fn.get("arguments", ""))]
+    return "".join(f"{len(f)}:{f}" for f in fields).encode()
 
 
 def chain(seed: str, messages: Sequence[Mapping]) -> list[bytes]:
@@ -107,10 +110,11 @@ class ProgramTracker:
         self.inferred_joins = 0  # requests matched to an earlier program by content
         self.quote_joins = 0  # of those, by quoting an earlier answer
 
-    def find(self, tenant: str, messages: Sequence[Mapping]) -> str | None:
+    def find(self, tenant: str, messages: Sequence[Mapping], links: list[bytes] | None = None) -> str | None:
         """The program an undeclared request continues, or None: the longest prefix of its messages
-        that an earlier request plus its answer left, else an earlier answer it quotes whole."""
-        links = chain(tenant, messages)
+        that an earlier request plus its answer left, else an earlier answer it quotes whole.
+        `links`: chain(tenant, messages), when the caller has it."""
+        links = links if links is not None else chain(tenant, messages)
         for i in range(len(links) - 1, -1, -1):
             pid = self._keys.get(links[i])
             if pid is None and 1 <= i < len(links) - 1:  # strictly extends an earlier request
@@ -141,14 +145,16 @@ class ProgramTracker:
         self.programs[pid] = prog
         return prog, True
 
-    def answered(self, prog: TrackedProgram, messages: Sequence[Mapping], answer: Mapping) -> None:
-        """Leave the keys a continuation of this request will carry."""
-        links = chain(prog.tenant, list(messages) + [answer])
-        self._put(self._keys, links[-1], prog.program_id)
+    def answered(self, prog: TrackedProgram, messages: Sequence[Mapping], answer: Mapping,
+                 links: list[bytes] | None = None) -> None:
+        """Leave the keys a continuation of this request will carry (`links`: chain(tenant, messages))."""
+        links = links if links is not None else chain(prog.tenant, messages)
+        last = links[-1] if links else hashlib.blake2b(prog.tenant.encode(), digest_size=16).digest()
+        self._put(self._keys, hashlib.blake2b(last + canonical(answer), digest_size=16).digest(), prog.program_id)
         if len(messages) >= 2:
             # a client that drops an answer (cut off at max_tokens, say) and adds a message still
             # extends this request's messages; an identical request (a rerun) does not join
-            self._put(self._requests, links[-2], prog.program_id)
+            self._put(self._requests, links[-1], prog.program_id)
         text = message_text(answer.get("content"))
         if len(text) >= MIN_QUOTE_CHARS:
             self._put(self._keys, text_key(prog.tenant, text), prog.program_id)

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 from agentflow.graph.model import StepKind
 from agentflow.runtime.engines.base import Engine, GenerateRequest, GenerateResult, TokenChunk, prefix_chain
-from agentflow.runtime.frontdoor.conversation import ProgramTracker, TrackedProgram, TrackerLimits, message_text
+from agentflow.runtime.frontdoor.conversation import ProgramTracker, TrackedProgram, TrackerLimits, chain, message_text
 from agentflow.runtime.frontdoor.hints import Hints
 from agentflow.runtime.frontdoor.learner import AgentNamer, GraphLearner, LearnedPlan, LearnerLimits
 from agentflow.runtime.frontdoor.render import forced_prefix, parse_tool_calls, render_messages
@@ -286,8 +286,9 @@ class FrontDoor:
         self.unknown_hint_keys += hints.unknown_keys
         now = self.clock()
         pid = f"oa:{tenant}:{hints.program_id}" if hints.program_id else None
+        links = chain(tenant, req.messages) if req.messages else None
         if pid is None and req.messages:
-            pid = self.tracker.find(tenant, req.messages)
+            pid = self.tracker.find(tenant, req.messages, links)
         prog, created = self.tracker.open(pid, tenant=tenant, now_s=now)
         try:
             agent = self._agent_of(prog, req.messages, hints)
@@ -351,7 +352,7 @@ class FrontDoor:
                      cached_tokens=result.cached_tokens, worker=worker, agent=agent, step=step, ttft_s=result.ttft_s)
         if req.messages:
             self.tracker.answered(prog, req.messages, {"role": "assistant", "content": content or None,
-                                                        "tool_calls": calls or None})
+                                                        "tool_calls": calls or None}, links)
         if calls:
             prog.tool_calls_at_s = self.clock()
             prog.tool_names = tuple(c["function"]["name"] for c in calls)
