@@ -114,14 +114,14 @@ def _body(i: int, turn: int) -> dict:
     return {"model": "agentflow-sim", "messages": msgs, "max_tokens": 1, "temperature": 0}
 
 
-async def latency_and_throughput(n_latency: int, n_throughput: int) -> dict:
+async def latency_and_throughput(n_latency: int, n_throughput: int, journal: str) -> dict:
     import httpx
 
     from agentflow.runtime.frontdoor.gateway import FrontDoorConfig
     from agentflow.runtime.frontdoor.server import OpenAIServer
     from agentflow.runtime.service.app import build_scheduler
 
-    sched, _ = build_scheduler(journal_path=":memory:")
+    sched, _ = build_scheduler(journal_path=journal)
     await sched.start()
     fd = OpenAIServer(sched, [ZeroCostEngine()], listen="127.0.0.1:0",
                       config=FrontDoorConfig(model_id="agentflow-sim", max_in_flight=4096))
@@ -155,12 +155,12 @@ async def latency_and_throughput(n_latency: int, n_throughput: int) -> dict:
     # 64 requests at a time; wall time and this process's CPU time
     from agentflow.runtime.frontdoor.api import build_app
 
-    app = build_app(fd.front)
+    app = build_app(fd.front, token=None)
     # programs of 8 turns (500 at a time), each turn extending the last: agent traffic, not one-shots
     bodies = [json.dumps(_body(20_000 + i % 500, (i // 500) % 8)).encode() for i in range(n_throughput)]
     sem = asyncio.Semaphore(64)
 
-    async def one_asgi(i):
+    async def one_asgi(a, i):
         async with sem:
             status = []
 
@@ -175,14 +175,23 @@ async def latency_and_throughput(n_latency: int, n_throughput: int) -> dict:
                      "scheme": "http", "path": "/v1/chat/completions", "raw_path": b"/v1/chat/completions",
                      "query_string": b"", "root_path": "", "headers": [(b"content-type", b"application/json")],
                      "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80)}
-            await app(scope, receive, send)
+            await a(scope, receive, send)
             if status != [200]:
                 raise RuntimeError(f"status {status}")
 
     t, cpu = time.perf_counter(), time.process_time()
-    await asyncio.gather(*(one_asgi(i) for i in range(n_throughput)))
+    await asyncio.gather(*(one_asgi(app, i) for i in range(n_throughput)))
     wall, cpu = time.perf_counter() - t, time.process_time() - cpu
     rps = n_throughput / wall
+    # the same requests, one at a time, to the front door and to the bare app: CPU per request
+    # (what latency is on an idle core; wall times on this shared machine carry the neighbours' load)
+    bare_app = _bare_app(ZeroCostEngine("bare2"))
+    cpu_front, cpu_bare = [], []
+    for i in range(min(n_throughput, 2000)):
+        for a, out in ((app, cpu_front), (bare_app, cpu_bare)):
+            c0 = time.process_time()
+            await one_asgi(a, i)
+            out.append(time.process_time() - c0)
     bare.should_exit = True
     await bare_task
     await fd.stop()
@@ -196,6 +205,8 @@ async def latency_and_throughput(n_latency: int, n_throughput: int) -> dict:
             "added_latency_p50_ms": round(q(front_ms, 50) - q(bare_ms, 50), 3),
             "added_latency_p99_ms": round(q(front_ms, 99) - q(bare_ms, 99), 3),
             "requests_per_s": round(rps, 1), "cpu_ms_per_request": round(cpu / n_throughput * 1000, 3),
+            "added_cpu_ms_per_request": round((sum(cpu_front) - sum(cpu_bare)) / len(cpu_front) * 1000, 3),
+            "journal": journal,
             "requests_per_s_http": round(rps_http, 1)}
 
 
@@ -209,11 +220,19 @@ def main() -> None:
     ap.add_argument("--swe-programs", type=int, default=None, help="the first N SWE-bench programs (default all)")
     ap.add_argument("--chatdev-kv-tokens", type=int, default=20_000,
                     help="ChatDev's KV pool: at the preset's 418k tokens all 27 programs fit and no policy gains")
+    ap.add_argument("--journal", default=None,
+                    help="the scheduler's journal (default: a file, as `agentflow serve` runs; ':memory:' for SQLite in memory)")
     ap.add_argument("--skip-replay", action="store_true")
     args = ap.parse_args()
     from front_door_replay import learned_share
 
-    out = asyncio.run(latency_and_throughput(args.requests, args.saturation_requests))
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        journal = args.journal or os.path.join(tmp, "journal.sqlite")
+        out = asyncio.run(latency_and_throughput(args.requests, args.saturation_requests, journal))
+        if not args.journal:
+            out["journal"] = "file (serve's default)"
     out["cores"] = os.cpu_count()
     if not args.skip_replay:
         root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "examples", "workloads")
