@@ -223,6 +223,9 @@ def main() -> None:
     ap.add_argument("--journal", default=None,
                     help="the scheduler's journal (default: a file, as `agentflow serve` runs; ':memory:' for SQLite in memory)")
     ap.add_argument("--skip-replay", action="store_true")
+    ap.add_argument("--control", action="store_true",
+                    help="also replay with a plan that learns nothing (one catch-all agent): how much of the "
+                         "gain needs no graph")
     args = ap.parse_args()
     from front_door_replay import learned_share
 
@@ -237,9 +240,9 @@ def main() -> None:
     if not args.skip_replay:
         root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "examples", "workloads")
         swe = learned_share(os.path.join(root, "swebench-mini-swe-agent.jsonl"), baseline=args.baseline,
-                            policy=args.policy, num_programs=args.swe_programs)
+                            policy=args.policy, num_programs=args.swe_programs, control=args.control)
         chat = learned_share(os.path.join(root, "chatdev.jsonl"), baseline=args.baseline, policy=args.policy,
-                             kv_capacity_tokens=args.chatdev_kv_tokens, concurrency=27)
+                             kv_capacity_tokens=args.chatdev_kv_tokens, concurrency=27, control=args.control)
         out["learned_gain_share_swe"] = swe["learned_gain_share"]
         out["learned_gain_share_chatdev"] = chat["learned_gain_share"]
         out["swe"] = swe

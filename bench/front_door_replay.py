@@ -27,7 +27,8 @@ class _Plan:
 
 
 class LearnedReplay(Replay):
-    def __init__(self, arrivals, policy, cost, config, prepared):
+    def __init__(self, arrivals, policy, cost, config, prepared, *, learn: bool = True):
+        self.learn = learn  # False: the control, a plan that never learns an agent (one catch-all loop)
         self.learned = _Plan()
         super().__init__(arrivals, self.learned, policy, cost, config, prepared=prepared)
         self.tracker = ProgramTracker()
@@ -46,13 +47,15 @@ class LearnedReplay(Replay):
         msgs = [{"role": "system", "content": system}]
         meta = self._meta.get(pid)
         mine = [j for j in range(i) if program.calls[j].agent == call.agent]
+
+        def user(j):  # what call j's new message was: another agent's answer quoted, or its request
+            if j > 0 and program.calls[j - 1].agent != program.calls[j].agent:
+                return {"role": "user", "content": self._answer(pid, j - 1)}
+            return {"role": "user", "content": f"{pid} turn {j} of {call.agent}: the request"}
+
         for j in mine:
-            msgs.append({"role": "user", "content": f"{pid} turn {j} of {call.agent}: the request"})
-            msgs.append({"role": "assistant", "content": self._answer(pid, j)})
-        if i > 0 and (not mine or mine[-1] != i - 1):
-            msgs.append({"role": "user", "content": self._answer(pid, i - 1)})  # another agent's answer, quoted
-        else:
-            msgs.append({"role": "user", "content": f"{pid} turn {i} of {call.agent}: the request"})
+            msgs += [user(j), {"role": "assistant", "content": self._answer(pid, j)}]
+        msgs.append(user(i))
         return msgs, meta
 
     @staticmethod
@@ -88,7 +91,8 @@ class LearnedReplay(Replay):
         agent = tracked.agents.get(system)
         if agent is None:
             agent = tracked.agents[system] = self.namer.name(system, tracked.program_id)
-        self.learner.call(cls, prev, agent)
+        if self.learn:
+            self.learner.call(cls, prev, agent)
         meta[3] = agent
         self.learned.step = plan.step_of(self.learner.agent_of(cls, agent))
         super()._submit(pid)
@@ -115,7 +119,7 @@ def _graph(spec_json: str):
 
 def learned_share(workload: str, *, baseline: str = "lru", policy: str = "agentflow", num_programs: int | None = None,
                   kv_capacity_tokens: int | None = None, concurrency: int | None = None,
-                  preset: str = "llama-3.1-8b-h100") -> dict:
+                  preset: str = "llama-3.1-8b-h100", control: bool = False) -> dict:
     """JCT (mean) of the baseline, the policy with the declared (planning) graph, the policy with the
     learned graph; the share of the declared gain the learned graph keeps."""
     import time
@@ -136,12 +140,16 @@ def learned_share(workload: str, *, baseline: str = "lru", policy: str = "agentf
     prepared: dict = {}
     out = {"programs": len(programs), "kv_capacity_tokens": kv, "concurrency": conc}
     t0 = time.perf_counter()
-    for label, name, learned in (("baseline", baseline, False), ("declared", policy, False), ("learned", policy, True)):
+    runs = [("baseline", baseline, None), ("declared", policy, None), ("learned", policy, True)]
+    if control:
+        runs.append(("nothing_learned", policy, False))
+    for label, name, learn in runs:
         arrivals = ClosedLoop(programs, num_in_flight=conc)
-        sim = (LearnedReplay(arrivals, name, cost, rc, prepared) if learned
+        learned = learn is not None
+        sim = (LearnedReplay(arrivals, name, cost, rc, prepared, learn=learn) if learned
                else Replay(arrivals, declared, name, cost, rc, prepared=prepared))
         out[f"jct_mean_s_{label}"] = round(sim.run()["jct_mean_s"], 3)
-        if learned:
+        if learn:
             out["inference_accuracy"] = round(1 - sim.inference_misses / max(1, sim.inferred_calls), 4)
             out["learned_plans_built"] = sim.learner.plans_built
     gain_declared = out["jct_mean_s_baseline"] - out["jct_mean_s_declared"]
@@ -149,6 +157,9 @@ def learned_share(workload: str, *, baseline: str = "lru", policy: str = "agentf
     out["declared_gain_s"] = round(gain_declared, 3)
     out["learned_gain_s"] = round(gain_learned, 3)
     out["learned_gain_share"] = round(gain_learned / gain_declared, 4) if gain_declared > 0 else None
+    if control and gain_declared > 0:  # how much of the gain needs no graph at all (tool-gap pins alone)
+        out["nothing_learned_gain_share"] = round((out["jct_mean_s_baseline"] - out["jct_mean_s_nothing_learned"])
+                                                  / gain_declared, 4)
     out["wall_s"] = round(time.perf_counter() - t0, 1)
     return out
 

@@ -231,7 +231,7 @@ def build_app(front: FrontDoor, *, token: str | None = None) -> Starlette:
     def _authed(fn):
         async def wrapped(request: Request):
             try:
-                tenant_for(request.headers.get("authorization"), token=token)
+                request.state.tenant = tenant_for(request.headers.get("authorization"), token=token)
             except Unauthorized as exc:
                 return _error(401, str(exc), code="invalid_api_key")
             return await fn(request)
@@ -249,10 +249,11 @@ def build_app(front: FrontDoor, *, token: str | None = None) -> Starlette:
         return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
 
     async def programs(request: Request):
-        return JSONResponse({"programs": front.programs()[:1000]})
+        return JSONResponse({"programs": front.programs(request.state.tenant)[:1000]})
 
     async def graph(request: Request):
-        return JSONResponse({"workflows": front.learner.snapshot(request.query_params.get("workflow")),
+        return JSONResponse({"workflows": front.learner.snapshot(request.query_params.get("workflow"),
+                                                                 tenant=request.state.tenant),
                              "declared": sorted(front.workflows)})
 
     async def workflows(request: Request):
@@ -321,6 +322,14 @@ async def _sse(endpoint: str, front: FrontDoor, first, gen, buffer: bool, includ
         return "data: " + json.dumps({"id": cid, "object": obj, "created": created, "model": model, "choices": [],
                                       "usage": _usage(a)}) + "\n\n"
 
+    try:
+        async for out in _events(endpoint, gen, first, buffer, include_usage, chunk, usage_only):
+            yield out
+    finally:
+        await gen.aclose()  # a client gone mid-stream: the call ends (the engine cancels it) now, not at GC
+
+
+async def _events(endpoint, gen, first, buffer, include_usage, chunk, usage_only):
     if endpoint == "chat":
         yield chunk({"role": "assistant", "content": ""})
     item, ans = first, None

@@ -217,7 +217,7 @@ class FrontDoor:
             spec = self.workflows[hints.workflow]
             pp = _ProgramPlan(workflow=hints.workflow, declared=True, opened_s=self.clock())
         else:
-            cls = f"hint:{hints.workflow}" if hints.workflow else f"auto:{tenant}:{agent}"
+            cls = f"hint:{tenant}:{hints.workflow}" if hints.workflow else f"auto:{tenant}:{agent}"
             plan = self.learner.plan(cls)
             spec = plan.spec_json
             pp = _ProgramPlan(workflow=cls, declared=False, plan=plan, opened_s=self.clock())
@@ -329,12 +329,13 @@ class FrontDoor:
         prog.in_flight += 1
         try:
             result = None
-            async for item in self._run(call, gen):
-                if isinstance(item, TokenChunk):
-                    if item.text:
-                        yield item.text
-                else:
-                    result, worker = item
+            async with contextlib.aclosing(self._run(call, gen)) as run:  # closed at once if the client goes
+                async for item in run:
+                    if isinstance(item, TokenChunk):
+                        if item.text:
+                            yield item.text
+                    else:
+                        result, worker = item
         finally:
             self.in_flight -= 1
             prog.in_flight -= 1
@@ -383,11 +384,12 @@ class FrontDoor:
         self.core.call_started(call.call_id, route.worker_id)
         try:
             result = None
-            async for item in engine.generate(replace(gen, reuse=route.reuse)):
-                if isinstance(item, GenerateResult):
-                    result = item
-                else:
-                    yield item
+            async with contextlib.aclosing(engine.generate(replace(gen, reuse=route.reuse))) as stream:
+                async for item in stream:
+                    if isinstance(item, GenerateResult):
+                        result = item
+                    else:
+                        yield item
             if result is None:
                 raise FrontDoorError(502, None, f"engine {engine.name} ended without a result")
         except BaseException as exc:
@@ -399,9 +401,11 @@ class FrontDoor:
         yield result, route.worker_id
 
     # ================================================================ introspection =============
-    def programs(self) -> list[dict]:
+    def programs(self, tenant: str | None = None) -> list[dict]:
         out = []
         for p in self.tracker.programs.values():
+            if tenant is not None and p.tenant != tenant:
+                continue
             out.append({"program_id": p.program_id, "inferred": p.inferred, "workflow": p.workflow,
                         "declared": p.declared, "calls": p.calls, "last_agent": p.last_agent,
                         "waiting_on_tools": list(p.tool_names) if p.tool_calls_at_s is not None else [],

@@ -216,11 +216,13 @@ class GraphLearner:
         spec = WorkflowSpec.from_compiled(wf.compile()).to_json()
         return LearnedPlan(name=c.name, spec_json=spec, llm_step=steps)
 
-    def snapshot(self, cls: str | None = None) -> list[dict]:
-        """The learned graphs, for the debug endpoint."""
+    def snapshot(self, cls: str | None = None, *, tenant: str | None = None) -> list[dict]:
+        """The learned graphs, for the debug endpoint (a tenant's: class names are kind:tenant:...)."""
         out = []
         for c in self.classes.values():
             if cls is not None and c.name != cls:
+                continue
+            if tenant is not None and c.name.split(":")[1:2] != [tenant]:
                 continue
             out.append({"workflow": c.name, "programs_done": c.programs_done,
                         "agents": dict(c.agent_calls),

@@ -147,3 +147,26 @@ def test_a_tool_gap_pins_and_is_learned(frontdoor):
     (g,) = frontdoor.get(f"/v1/agentflow/graph?workflow={workflow}").json()["workflows"]
     assert g["tool_gaps"]["list_files"]["n"] == 1
     assert {"from": "__start__", "to": frontdoor.programs()[pid]["last_agent"], "count": 1} in g["transitions"]
+
+
+def test_a_client_gone_mid_stream_ends_its_call(frontdoor):
+    import time
+
+    c = _client(frontdoor)
+    stream = c.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Tell a long story."}],
+                                       max_tokens=200, temperature=0, stream=True,
+                                       extra_body={"agentflow": {"program_id": "gone-mid-stream"}})
+    got = [ch for _, ch in zip(range(3), stream)]
+    stream.close()
+    assert len(got) == 3
+    pid = "oa:default:gone-mid-stream"
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        calls = frontdoor.call(lambda: [k for k, v in frontdoor.sched.core.sched.calls.items() if v.program_id == pid])
+        if not calls and frontdoor.programs()[pid]["in_flight"] == 0:
+            break
+        time.sleep(0.1)
+    assert not calls and frontdoor.programs()[pid]["in_flight"] == 0
+    # and the server serves the next request as before
+    r = c.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=2)
+    assert r.choices[0].finish_reason in ("length", "stop")
