@@ -97,7 +97,7 @@ def serve(listen, policy, journal_path, time_scale, worker_timeout, ttft_slo, tl
         try:
             front = build_openai(server, openai_listen, engine=openai_engine, token=token, workflows=openai_workflow)
         except Exception as e:  # noqa: BLE001 - bad listen address, workflow file, engine extra missing
-            click.echo(f"error: --openai: {e}", err=True)
+            click.echo(f"error: {e}", err=True)
             sys.exit(2)
 
     async def start():
