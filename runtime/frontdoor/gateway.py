@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -35,6 +36,7 @@ from agentflow.runtime.frontdoor.render import forced_prefix, parse_tool_calls, 
 from agentflow.runtime.service.core import CallRequest, Code, ServiceCore, ServiceError, WorkerSpec
 from agentflow.runtime.service.inprocess import load_report
 
+log = logging.getLogger("agentflow.openai")
 _HTTP = {Code.INVALID_ARGUMENT: 400, Code.NOT_FOUND: 404, Code.ALREADY_EXISTS: 409,
          Code.FAILED_PRECONDITION: 409, Code.UNAVAILABLE: 503}
 MAX_PREFIXES = 4  # per request: the system prompt's, and the last few message boundaries
@@ -125,6 +127,7 @@ class FrontDoor:
         self.unknown_hint_keys = 0
         self._tasks: list[asyncio.Task] = []
         self._started = False
+        self._last_heartbeat = 0.0
 
     # ================================================================ lifecycle =================
     def register_engines(self) -> None:
@@ -157,11 +160,16 @@ class FrontDoor:
             self._end(prog, cancelled=True)
             self.tracker.remove(prog.program_id)
 
+    def heartbeat(self) -> None:
+        self._last_heartbeat = time.monotonic()
+        for name, e in self.engines.items():
+            if not self.core.heartbeat(name, load_report(e)):
+                self.register_engines()  # declared lost (a stall): register again
+                return
+
     async def _heartbeats(self) -> None:
         while True:
-            for name, e in self.engines.items():
-                if not self.core.heartbeat(name, load_report(e)):
-                    self.register_engines()  # declared lost (a stall): register again
+            self.heartbeat()
             await asyncio.sleep(self.core.config.heartbeat_interval_s)
 
     async def _expiry(self) -> None:
@@ -366,6 +374,10 @@ class FrontDoor:
         yield ans
 
     async def _run(self, call: CallRequest, gen: GenerateRequest):
+        # as the in-process client does: a busy loop may starve the heartbeat task, and the
+        # embedded worker must not be declared lost for it
+        if time.monotonic() - self._last_heartbeat >= self.core.config.heartbeat_interval_s:
+            self.heartbeat()
         if self.submit is not None:
             route = await self.submit(call)
         else:
@@ -381,7 +393,8 @@ class FrontDoor:
             return
         from dataclasses import replace
 
-        self.core.call_started(call.call_id, route.worker_id)
+        with contextlib.suppress(ServiceError):  # not in flight any more (see call_finished below)
+            self.core.call_started(call.call_id, route.worker_id)
         try:
             result = None
             async with contextlib.aclosing(engine.generate(replace(gen, reuse=route.reuse))) as stream:
@@ -395,9 +408,12 @@ class FrontDoor:
         except BaseException as exc:
             self.core.call_failed(call.call_id, route.worker_id, type(exc).__name__)
             raise
-        self.core.call_finished(call.call_id, route.worker_id, output_tokens=len(result.output_ids),
-                                cached=result.cached, prompt_tokens=result.prompt_tokens,
-                                cached_tokens=result.cached_tokens, ttft_s=result.ttft_s)
+        try:
+            self.core.call_finished(call.call_id, route.worker_id, output_tokens=len(result.output_ids),
+                                    cached=result.cached, prompt_tokens=result.prompt_tokens,
+                                    cached_tokens=result.cached_tokens, ttft_s=result.ttft_s)
+        except ServiceError as exc:  # its program closed under it, or the worker was declared lost: the
+            log.info("call %s: %s", call.call_id, exc)  # answer is still the client's
         yield result, route.worker_id
 
     # ================================================================ introspection =============
