@@ -106,12 +106,13 @@ class _ProgramPlan:
 
 class FrontDoor:
     def __init__(self, core: ServiceCore, engines: Sequence[Engine], *, config: FrontDoorConfig = FrontDoorConfig(),
-                 submit=None, remote=None, clock=time.monotonic, metrics=None):
+                 submit=None, remote=None, clock=time.monotonic, metrics=None, serve_engines: bool = True):
         if not engines:
             raise ValueError("the front door needs an engine to tokenize with (an embedded worker)")
         self.core = core
         self.config = config
-        self.engines = {e.name: e for e in engines}
+        # serve_engines=False: the engines only tokenize, every call goes to workers registered over gRPC
+        self.engines = {e.name: e for e in engines} if serve_engines else {}
         self.tokenizer = engines[0]
         self.submit = submit  # async (CallRequest) -> RouteAnswer | ServiceError; None: core.submit_many
         self.remote = remote  # async generator (route, GenerateRequest) for workers not embedded here

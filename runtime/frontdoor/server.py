@@ -45,12 +45,13 @@ def _Server(config):
 
 class OpenAIServer:
     def __init__(self, scheduler, engines, *, listen: str = "127.0.0.1:8000", config: FrontDoorConfig = FrontDoorConfig(),
-                 token: str | None = None, workflows: tuple[str, ...] = ()):
+                 token: str | None = None, workflows: tuple[str, ...] = (), serve_engines: bool = True):
         self.scheduler = scheduler  # a SchedulerServer (started first) or None: the core alone
         self.host, self.port = split_listen(listen)
         self.metrics = FrontDoorMetrics()
         self.token = token
-        self.front = FrontDoor(scheduler.core, engines, config=config, metrics=self.metrics)
+        self.front = FrontDoor(scheduler.core, engines, config=config, metrics=self.metrics, serve_engines=serve_engines)
+        self._tokenizers = list(engines)
         self.metrics.bind(self.front)
         for path in workflows:
             from pathlib import Path
@@ -91,7 +92,9 @@ class OpenAIServer:
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 await asyncio.wait_for(self._task, 10.0)
         await self.front.stop()
-        for e in self.front.engines.values():
+        if self._client is not None:
+            await self._client.close()
+        for e in self._tokenizers:
             await e.aclose()
 
 
