@@ -55,8 +55,8 @@ def _args(arguments) -> str:
 
 
 def canonical(m: Mapping) -> bytes:
-    """role, text, tool_call_id and tool calls, unit-separated (\x1f cannot occur in JSON text
-    unescaped... but may in a message: each field is length-prefixed, so no two messages collide)."""
+    """role, text, tool_call_id and tool calls (id, name, arguments), each field length-prefixed so
+    that no two different messages have the same form."""
     fields = [m.get("role") or "", message_text(m.get("content")), m.get("tool_call_id") or ""]
     for c in m.get("tool_calls") or ():
         fn = c.get("function") or {}
