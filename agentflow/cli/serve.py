@@ -66,10 +66,16 @@ def _with(options):
 @click.option("--otel", type=click.Choice(["none", "console", "otlp"]), default="none", show_default=True,
               help="OpenTelemetry exporter for spans and metrics.")
 @click.option("--otel-endpoint", default=None, help="OTLP endpoint (default: the exporter's).")
+@click.option("--openai", "openai_listen", default=None, metavar="HOST:PORT",
+              help="Also serve the OpenAI-compatible API here (docs/openai.md), with an embedded worker.")
+@click.option("--openai-engine", type=click.Choice(["local", "sim"]), default="local", show_default=True,
+              help="--openai: the embedded worker's engine (local: SmolLM2 on this CPU).")
+@click.option("--openai-workflow", multiple=True, type=click.Path(exists=True, dir_okay=False),
+              help="--openai: a workflow file (YAML/JSON) registered under its name (repeatable).")
 @click.option("-v", "--verbose", is_flag=True)
 @_with(_transport_options)
-def serve(listen, policy, journal_path, time_scale, worker_timeout, ttft_slo, tls_key, otel, otel_endpoint, verbose,
-          tls_cert, token, max_message_mb) -> None:
+def serve(listen, policy, journal_path, time_scale, worker_timeout, ttft_slo, tls_key, otel, otel_endpoint,
+          openai_listen, openai_engine, openai_workflow, verbose, tls_cert, token, max_message_mb) -> None:
     """Start the scheduler service: clients open programs and submit calls, workers register and
     receive decisions. Open programs survive a restart (the journal)."""
     from agentflow.runtime.service.app import build_scheduler
@@ -84,12 +90,31 @@ def serve(listen, policy, journal_path, time_scale, worker_timeout, ttft_slo, tl
         click.echo(f"error: {e}", err=True)
         sys.exit(2)
 
+    front = None
+    if openai_listen:
+        from agentflow.runtime.frontdoor.cli import build_openai
+
+        try:
+            front = build_openai(server, openai_listen, engine=openai_engine, token=token, workflows=openai_workflow)
+        except Exception as e:  # noqa: BLE001 - bad listen address, workflow file, engine extra missing
+            click.echo(f"error: {e}", err=True)
+            sys.exit(2)
+
     async def start():
         await server.start()
         click.echo(f"agentflow scheduler on {server.target} (policy {policy}, journal {journal_path}, "
                    f"{recovered} program(s) recovered)", err=True)
+        if front is not None:
+            await front.start()
+            click.echo(f"agentflow OpenAI API on http://{front.host}:{front.port}/v1 (model {front.front.config.model_id})",
+                       err=True)
 
-    _until_signal(start, lambda: server.stop(5.0))
+    async def stop():
+        if front is not None:
+            await front.stop()
+        await server.stop(5.0)
+
+    _until_signal(start, stop)
 
 
 @click.command()

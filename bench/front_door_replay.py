@@ -1,0 +1,167 @@
+"""The learned-graph part of bench/front_door.py: a workload replayed without its declared graph.
+
+Each call reaches the scheduler as the front door would make it: its messages are synthesised
+(the agent's system prompt from the workload's system-prompt segment keys, one paragraph each; the
+program's earlier turns of that agent; a new user message, or the previous call's answer quoted
+whole when another agent spoke last), the program is found by conversation.ProgramTracker, the
+agent is named by learner.AgentNamer, and the program opens with learner.GraphLearner's current plan
+for its class. Tool gaps reach the scheduler as the replay times them (the front door reports the
+same ToolStarted / ToolFinished pair). The declared-graph run is runtime/replay's own.
+"""
+
+from __future__ import annotations
+
+from agentflow.runtime.frontdoor.conversation import ProgramTracker
+from agentflow.runtime.frontdoor.learner import AgentNamer, GraphLearner
+from agentflow.runtime.replay.engine import Replay
+
+
+class _Plan:
+    def __init__(self):
+        self.graph = None
+        self.step = None
+        self.tool_step = "tool"
+
+    def step_of(self, agent):  # the step the front door inferred for the call being submitted
+        return self.step
+
+
+class LearnedReplay(Replay):
+    def __init__(self, arrivals, policy, cost, config, prepared, *, learn: bool = True):
+        self.learn = learn  # False: the control, a plan that never learns an agent (one catch-all loop)
+        self.learned = _Plan()
+        super().__init__(arrivals, self.learned, policy, cost, config, prepared=prepared)
+        self.tracker = ProgramTracker()
+        self.namer = AgentNamer()
+        self.learner = GraphLearner()
+        self._meta: dict = {}  # pid -> (class, plan, tracked program, last agent, turns per agent, answers)
+        self.inference_misses = 0
+        self.inferred_calls = 0
+
+    def _messages(self, pid, i):
+        program = self._progs[pid].program
+        call = program.calls[i]
+        agents = {a.name: a for a in program.agents}
+        sp = agents[call.agent].system_prompt if call.agent in agents else ()
+        system = "\n\n".join(getattr(s, "key", str(s)) for s in sp) or call.agent
+        msgs = [{"role": "system", "content": system}]
+        meta = self._meta.get(pid)
+        mine = [j for j in range(i) if program.calls[j].agent == call.agent]
+
+        def user(j):  # what call j's new message was: another agent's answer quoted, or its request
+            if j > 0 and program.calls[j - 1].agent != program.calls[j].agent:
+                return {"role": "user", "content": self._answer(pid, j - 1)}
+            return {"role": "user", "content": f"{pid} turn {j} of {call.agent}: the request"}
+
+        for j in mine:
+            msgs += [user(j), {"role": "assistant", "content": self._answer(pid, j)}]
+        msgs.append(user(i))
+        return msgs, meta
+
+    @staticmethod
+    def _answer(pid, j):
+        return f"the answer of call {j} of program {pid}, long enough to quote"
+
+    def _on_arrive(self, index, program):
+        pid = f"{index}:{program.id}"
+        call = program.calls[0]
+        agents = {a.name: a for a in program.agents}
+        sp = agents[call.agent].system_prompt if call.agent in agents else ()
+        system = "\n\n".join(getattr(s, "key", str(s)) for s in sp) or call.agent
+        tracked, _ = self.tracker.open(None, tenant="t", now_s=self.clock.now_s())
+        agent = self.namer.name(system, tracked.program_id)
+        cls = f"auto:{agent}"
+        plan = self.learner.plan(cls)
+        from agentflow.spec import WorkflowSpec
+
+        self.learned.graph = _graph(plan.spec_json)
+        self._meta[pid] = [cls, plan, tracked, None]
+        super()._on_arrive(index, program)
+
+    def _submit(self, pid):
+        prog = self._progs[pid]
+        i = prog.next_call
+        msgs, meta = self._messages(pid, i)
+        cls, plan, tracked, prev = meta
+        if i > 0:
+            self.inferred_calls += 1
+            if self.tracker.find("t", msgs) != tracked.program_id:
+                self.inference_misses += 1
+        system = msgs[0]["content"]
+        agent = tracked.agents.get(system)
+        if agent is None:
+            agent = tracked.agents[system] = self.namer.name(system, tracked.program_id)
+        if self.learn:
+            self.learner.call(cls, prev, agent)
+        meta[3] = agent
+        self.learned.step = plan.step_of(self.learner.agent_of(cls, agent))
+        super()._submit(pid)
+        self.tracker.answered(tracked, msgs, {"role": "assistant", "content": self._answer(pid, i)})
+
+    def _program_done(self, pid):
+        cls, plan, tracked, last = self._meta.pop(pid)
+        self.learner.program_done(cls, last, len(self._progs[pid].program.calls))
+        self.tracker.remove(tracked.program_id)
+        super()._program_done(pid)
+
+
+_GRAPHS: dict = {}
+
+
+def _graph(spec_json: str):
+    g = _GRAPHS.get(spec_json)
+    if g is None:
+        from agentflow.spec import WorkflowSpec
+
+        g = _GRAPHS[spec_json] = WorkflowSpec.parse(spec_json, source="learned", fmt="json").compile().graph
+    return g
+
+
+def learned_share(workload: str, *, baseline: str = "lru", policy: str = "agentflow", num_programs: int | None = None,
+                  kv_capacity_tokens: int | None = None, concurrency: int | None = None,
+                  preset: str = "llama-3.1-8b-h100", control: bool = False) -> dict:
+    """JCT (mean) of the baseline, the policy with the declared (planning) graph, the policy with the
+    learned graph; the share of the declared gain the learned graph keeps."""
+    import time
+
+    from agentflow.runtime.engines.sim.costmodel import make_cost_model
+    from agentflow.runtime.replay.engine import ReplayConfig
+    from agentflow.runtime.replay.planning import planning_graph
+    from agentflow.runtime.replay.run import default_concurrency
+    from agentflow.runtime.workload import ClosedLoop, load_workload
+
+    wl = load_workload(workload)
+    programs = list(wl.programs[:num_programs] if num_programs else wl.programs)
+    cost = make_cost_model(preset)
+    kv = kv_capacity_tokens or cost.kv_capacity_tokens
+    conc = concurrency or default_concurrency(programs, kv)
+    rc = ReplayConfig(kv_capacity_tokens=kv_capacity_tokens)
+    declared = planning_graph(programs, name=f"replay-{wl.header.source}")
+    prepared: dict = {}
+    out = {"programs": len(programs), "kv_capacity_tokens": kv, "concurrency": conc}
+    t0 = time.perf_counter()
+    runs = [("baseline", baseline, None), ("declared", policy, None), ("learned", policy, True)]
+    if control:
+        runs.append(("nothing_learned", policy, False))
+    for label, name, learn in runs:
+        arrivals = ClosedLoop(programs, num_in_flight=conc)
+        learned = learn is not None
+        sim = (LearnedReplay(arrivals, name, cost, rc, prepared, learn=learn) if learned
+               else Replay(arrivals, declared, name, cost, rc, prepared=prepared))
+        out[f"jct_mean_s_{label}"] = round(sim.run()["jct_mean_s"], 3)
+        if learn:
+            out["inference_accuracy"] = round(1 - sim.inference_misses / max(1, sim.inferred_calls), 4)
+            out["learned_plans_built"] = sim.learner.plans_built
+    gain_declared = out["jct_mean_s_baseline"] - out["jct_mean_s_declared"]
+    gain_learned = out["jct_mean_s_baseline"] - out["jct_mean_s_learned"]
+    out["declared_gain_s"] = round(gain_declared, 3)
+    out["learned_gain_s"] = round(gain_learned, 3)
+    out["learned_gain_share"] = round(gain_learned / gain_declared, 4) if gain_declared > 0 else None
+    if control and gain_declared > 0:  # how much of the gain needs no graph at all (tool-gap pins alone)
+        out["nothing_learned_gain_share"] = round((out["jct_mean_s_baseline"] - out["jct_mean_s_nothing_learned"])
+                                                  / gain_declared, 4)
+    out["wall_s"] = round(time.perf_counter() - t0, 1)
+    return out
+
+
+__all__ = ["LearnedReplay", "learned_share"]
