@@ -331,7 +331,6 @@ def _load_python(target: str):
     """Import a workflow module. A .py file under the current directory (or a sys.path entry) is
     imported by its dotted name (examples/swe_agent.py -> examples.swe_agent), so the references
     its tools are written with (`examples.swe_agent:run_bash`) import again later."""
-    import importlib
     import importlib.util
     import os
     import sys
@@ -351,19 +350,56 @@ def _load_python(target: str):
             if parts and all(part.isidentifier() for part in parts):
                 if str(root) not in sys.path:
                     sys.path.insert(0, str(root))
-                return importlib.import_module(".".join(parts))
+                return _import(".".join(parts), target)
         # Outside every import root: load it under a private name (its tools then cannot be
         # written to a file by reference; spec() says so).
         name = f"_agentflow_workflow_{p.stem}"
         spec = importlib.util.spec_from_file_location(name, p)
         module = importlib.util.module_from_spec(spec)
         sys.modules[name] = module
-        spec.loader.exec_module(module)
+        try:
+            spec.loader.exec_module(module)
+        except Exception as e:
+            sys.modules.pop(name, None)
+            raise _import_failed(e, target) from e
         return module
+    # a module name, as `python -m` finds it: the current directory first
+    cwd = os.getcwd()
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.insert(0, cwd)
+    if p.exists() and p.is_file():
+        raise SpecError(f"unsupported file type '{p.suffix}'; a workflow is a .yaml, .yml, .json or .py file, "
+                        "or a module name", source=target)
+    if "/" in target or "\\" in target or not all(part.isidentifier() for part in target.split(".")):
+        raise SpecError("no such file; give a .yaml/.json/.py file or a module name such as examples.debate",
+                        source=target)
+    return _import(target, target)
+
+
+def _import(module: str, target: str):
+    import importlib
+    import os
+
     try:
-        return importlib.import_module(target)
-    except ImportError as e:
-        raise SpecError(f"not a .yaml/.json/.py file and not an importable module: {e}", source=target) from None
+        return importlib.import_module(module)
+    except ModuleNotFoundError as e:
+        if e.name and (module == e.name or module.startswith(e.name + ".")):
+            raise SpecError(f"no such file or module '{e.name}' (looked in {os.getcwd()} and sys.path); run from "
+                            "the folder that holds it, or give the file's path", source=target) from None
+        raise _import_failed(e, target) from e
+    except Exception as e:
+        raise _import_failed(e, target) from e
+
+
+def _import_failed(e: Exception, target: str) -> SpecError:
+    """A workflow file that raises while it is imported: where, what, and how to see more."""
+    import traceback
+
+    frames = [f for f in traceback.extract_tb(e.__traceback__) if not f.filename.startswith("<frozen")]
+    own = [f for f in frames if Path(f.filename).name == Path(target).name] or frames
+    at = f" at line {own[-1].lineno}" if own and own[-1].lineno else ""
+    return SpecError(f"importing it raised {type(e).__name__}{at}: {e}; fix the file (`agentflow -v validate "
+                     f"{target}` shows the traceback)", source=target)
 
 
 def _condition(c: Condition | None, where: str, resolve: bool):

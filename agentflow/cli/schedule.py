@@ -11,8 +11,8 @@ import click
 from agentflow.errors import WorkloadError
 
 
-def _steps(x: float) -> str:
-    return "never" if math.isinf(x) else f"{x:g}"
+def _when(x: float) -> str:
+    return "not needed again" if math.isinf(x) else f"next needed in {x:g} step{'' if x == 1 else 's'}"
 
 
 def describe(decision) -> list[str]:
@@ -23,7 +23,7 @@ def describe(decision) -> list[str]:
     for u in decision.unpins:
         out.append(f"unpin  {u.prefix} ({u.reason.value})")
     for p in decision.priorities:
-        out.append(f"keep   {p.prefix}: next needed in {_steps(p.steps_to_execution)} steps -> priority {p.priority}")
+        out.append(f"keep   {p.prefix}: {_when(p.steps_to_execution)} -> priority {p.priority}")
     for p in decision.prefetches:
         out.append(f"fetch  {p.prefix} to {p.worker} by t={p.deadline_s:.2f} s ({p.num_tokens} tokens)")
     if decision.admit:

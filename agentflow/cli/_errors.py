@@ -1,0 +1,61 @@
+"""Expected errors as one line: `error: <problem>; <fix>`, exit status 2.
+
+Every subcommand runs inside `expected_errors()`: an error the user can fix (bad input, a file
+that cannot be written, a missing optional extra) prints one line naming the problem and the fix
+and exits 2; `agentflow -v ...` re-raises it so the traceback shows. Anything else is a bug and
+keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+
+import click
+
+from agentflow.errors import AgentflowError
+
+# optional extras: the module a missing import names -> the extra that installs it
+_EXTRAS = {"torch": "local", "transformers": "local", "gguf": "local", "accelerate": "local",
+           "safetensors": "local", "tokenizers": "tokenize", "sglang": "sglang"}
+
+
+def one_line(exc: BaseException) -> str:
+    """The message of an expected error, on one line, with the fix where we know it."""
+    if isinstance(exc, ModuleNotFoundError) and exc.name:
+        top = exc.name.split(".")[0]
+        extra = _EXTRAS.get(top)
+        if extra:
+            return (f"this needs the '{extra}' extra ({top} is not installed); "
+                    f"install it with: pip install 'agentflow-sched[{extra}]'")
+        return f"{exc}; install the package that provides it"
+    if isinstance(exc, OSError) and exc.filename is not None:
+        what = {FileNotFoundError: "no such file or folder", PermissionError: "permission denied",
+                IsADirectoryError: "is a folder", NotADirectoryError: "a parent is not a folder"}
+        reason = what.get(type(exc), exc.strerror or str(exc))
+        return f"cannot use '{exc.filename}': {reason}; choose a path you can write (or read)"
+    text = str(exc) or type(exc).__name__
+    return " ".join(part.strip() for part in text.splitlines() if part.strip())
+
+
+def is_expected(exc: BaseException) -> bool:
+    return isinstance(exc, (AgentflowError, OSError, ValueError, ModuleNotFoundError))
+
+
+@contextlib.contextmanager
+def expected_errors(verbose: bool):
+    """One line and exit 2 for an expected error, unless `verbose` (then the traceback)."""
+    try:
+        yield
+    except click.exceptions.Exit:
+        raise
+    except (click.ClickException, click.Abort, SystemExit, KeyboardInterrupt):
+        raise
+    except BaseException as e:  # noqa: BLE001 - sorted into expected (one line) and bugs (traceback)
+        if isinstance(e, BrokenPipeError):  # `agentflow plan ... | head`: the reader left; not an error
+            sys.stderr.close()
+            sys.exit(0)
+        if verbose or not is_expected(e):
+            raise
+        click.echo(f"error: {one_line(e)}", err=True)
+        sys.exit(2)
