@@ -308,13 +308,10 @@ def load_workflow(path: str | Path, *, resolve: bool = False):
     if p.suffix in (".yaml", ".yml", ".json"):
         if not p.exists():
             raise SpecError("no such file", source=str(p))
-        if resolve:  # references name modules as `python -m` would find them: from the current directory
-            import os
-            import sys
-
-            if os.getcwd() not in sys.path and "" not in sys.path:
-                sys.path.append(os.getcwd())
-        return WorkflowSpec.parse(p.read_text(), source=str(p)).compile(resolve=resolve)
+        spec = WorkflowSpec.parse(p.read_text(), source=str(p))
+        if resolve:
+            _add_import_roots(spec, p.resolve().parent)
+        return spec.compile(resolve=resolve)
     obj = _load_python(str(path))
     if callable(getattr(obj, "build", None)):
         obj = obj.build()
@@ -400,6 +397,45 @@ def _import_failed(e: Exception, target: str) -> SpecError:
     at = f" at line {own[-1].lineno}" if own and own[-1].lineno else ""
     return SpecError(f"importing it raised {type(e).__name__}{at}: {e}; fix the file (`agentflow -v validate "
                      f"{target}` shows the traceback)", source=target)
+
+
+def _references(spec: WorkflowSpec) -> list[str]:
+    """Every 'module:function' a spec names: tools, parsers, conditions."""
+    refs = [t.impl for t in spec.tools if t.impl]
+    for st in spec.steps:
+        if isinstance(st, LLMStepSpec) and st.parse:
+            refs.append(st.parse)
+        conds = [c.when for c in st.branch.cases] if st.branch else []
+        conds += [st.loop.while_] if st.loop else []
+        refs += [c.ref for c in conds if isinstance(c, RefSpec)]
+    return refs
+
+
+def _add_import_roots(spec: WorkflowSpec, base: Path) -> None:
+    """Make the modules a spec file names importable. As `python -m` would, from the current
+    directory first; else from the file's own folder or the nearest folder above it that holds
+    the module (examples/debate.yaml names examples.debate, found above examples/), so a workflow
+    file runs from any directory."""
+    import importlib.util
+    import os
+    import sys
+
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.append(os.getcwd())
+    for ref in _references(spec):
+        top = ref.partition(":")[0].split(".")[0]
+        if not top.isidentifier():
+            continue
+        try:
+            if importlib.util.find_spec(top) is not None:
+                continue
+        except (ImportError, ValueError):
+            continue
+        for folder in (base, *base.parents):
+            if (folder / top / "__init__.py").exists() or (folder / top).is_dir() or (folder / f"{top}.py").exists():
+                sys.path.append(str(folder))
+                importlib.invalidate_caches()
+                break
 
 
 def _condition(c: Condition | None, where: str, resolve: bool):

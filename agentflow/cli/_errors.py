@@ -20,8 +20,15 @@ _EXTRAS = {"torch": "local", "transformers": "local", "gguf": "local", "accelera
            "safetensors": "local", "tokenizers": "tokenize", "sglang": "sglang"}
 
 
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for e in exc.exceptions for leaf in _leaves(e)]
+    return [exc]
+
+
 def one_line(exc: BaseException) -> str:
     """The message of an expected error, on one line, with the fix where we know it."""
+    exc = _leaves(exc)[0]  # a task group's error: the first of its causes
     if isinstance(exc, ModuleNotFoundError) and exc.name:
         top = exc.name.split(".")[0]
         extra = _EXTRAS.get(top)
@@ -39,7 +46,7 @@ def one_line(exc: BaseException) -> str:
 
 
 def is_expected(exc: BaseException) -> bool:
-    return isinstance(exc, (AgentflowError, OSError, ValueError, ModuleNotFoundError))
+    return all(isinstance(e, (AgentflowError, OSError, ValueError, ModuleNotFoundError)) for e in _leaves(exc))
 
 
 @contextlib.contextmanager

@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass
 from agentflow.runtime.engines.sim.costmodel import make_cost_model
 from agentflow.runtime.policies import POLICY_NAMES
 from agentflow.runtime.replay.engine import Replay, ReplayConfig
+from agentflow.runtime.replay.fit import check_fits
 from agentflow.runtime.replay.planning import planning_graph
 from agentflow.runtime.workload import ClosedLoop, load_workload, poisson_arrivals, recorded_arrivals
 
@@ -63,6 +64,7 @@ def run(setup: ReplaySetup, progress: Callable[[int], None] | None = None) -> tu
     programs = wl.programs[: setup.num_programs] if setup.num_programs is not None else list(wl.programs)
     cost = make_cost_model(setup.preset)
     kv = setup.kv_capacity_tokens or cost.kv_capacity_tokens
+    check_fits(programs, kv)  # a call larger than the pool would wait forever
     plan = planning_graph(programs, name=f"replay-{wl.header.source}")
     arrival = "closed-loop"
     concurrency = setup.concurrency
