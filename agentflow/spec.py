@@ -204,7 +204,12 @@ class WorkflowSpec(_Model):
         return wf
 
     def compile(self, *, resolve: bool = False):
-        return self.to_workflow(resolve=resolve).compile()
+        from agentflow.errors import WorkflowValidationError
+
+        try:
+            return self.to_workflow(resolve=resolve).compile()
+        except WorkflowValidationError as e:  # a file's author gets the fixes in the file's own terms
+            raise WorkflowValidationError(e.workflow, [p.in_spec_syntax() for p in e.problems]) from None
 
     @classmethod
     def from_compiled(cls, compiled) -> "WorkflowSpec":
@@ -284,10 +289,14 @@ class WorkflowSpec(_Model):
         try:
             return cls.model_validate(data)
         except ValidationError as e:
-            err = e.errors()[0]
-            field = _loc(err["loc"], data)
-            more = f" (and {len(e.errors()) - 1} more)" if len(e.errors()) > 1 else ""
-            raise SpecError(f"{err['msg']}{more}", source=source, field=field) from None
+            problems = _field_problems(e.errors(), data)
+            if len(problems) == 1:
+                field, message = problems[0]
+                raise SpecError(message, source=source, field=field) from None
+            lines = "\n".join(f"  - {field}: {message}" for field, message in problems)
+            err = SpecError(f"{len(problems)} field errors:\n{lines}", source=source)
+            err.problems = problems
+            raise err from None
 
     @classmethod
     def json_schema(cls) -> dict:
@@ -505,6 +514,102 @@ def _resolve(ref: str, where: str):
         raise SpecError(str(e), field=where) from None
 
 
+def _fields_at(loc: tuple) -> list[str] | None:
+    """The field names (as written in a file) of the spec model at `loc`, or None if unknown."""
+    import typing
+
+    cur: Any = WorkflowSpec
+    for part in loc:
+        while True:  # unwrap Annotated, Optional/Union and list to what `part` indexes
+            origin = typing.get_origin(cur)
+            if origin is Annotated:
+                cur = typing.get_args(cur)[0]
+            elif origin is list and isinstance(part, int):
+                cur = typing.get_args(cur)[0]
+                break
+            elif origin in (Union, getattr(__import__("types"), "UnionType", Union)):
+                models = [a for a in typing.get_args(cur) if isinstance(a, type) and issubclass(a, BaseModel)]
+                pick = [m for m in models if m.__name__ == part or
+                        getattr(m.model_fields.get("kind"), "default", None) == part]
+                if pick:
+                    cur = pick[0]
+                    part = None  # the variant's tag is consumed
+                    break
+                if len(models) == 1:
+                    cur = models[0]
+                    continue
+                return None
+            else:
+                break
+        if part is None or isinstance(part, int):
+            continue
+        if not (isinstance(cur, type) and issubclass(cur, BaseModel)):
+            return None
+        fields = {f.alias or name: f for name, f in cur.model_fields.items()}
+        if part not in fields:
+            return None
+        cur = fields[part].annotation
+    if isinstance(cur, type) and issubclass(cur, BaseModel):
+        return [f.alias or name for name, f in cur.model_fields.items()]
+    return None
+
+
+def _field_problems(errors: list[dict], data: Any) -> list[tuple[str, str]]:
+    """Every field error as (path, message), typos with a did-you-mean. A misspelt field (`agnet`)
+    is one problem, not two: its 'unknown field' error absorbs the 'missing' error of the field it
+    was meant to be."""
+    import difflib
+
+    # a union (a condition: {key...} or {ref...}) reports each variant's errors: keep the closest
+    # variant's, the one with the fewest errors, at each place
+    by_variant: dict[tuple, dict[str, list]] = {}
+    plain = []
+    for err in errors:
+        loc = tuple(err["loc"])
+        cut = next((i for i, p in enumerate(loc) if isinstance(p, str) and p[:1].isupper()), None)
+        if cut is None:
+            plain.append(err)
+        else:
+            by_variant.setdefault(loc[:cut], {}).setdefault(loc[cut], []).append(err)
+    for variants in by_variant.values():
+        plain += min(variants.values(), key=len)
+    missing: dict[tuple, set[str]] = {}
+    for err in plain:
+        if err["type"] == "missing":
+            missing.setdefault(tuple(err["loc"][:-1]), set()).add(str(err["loc"][-1]))
+    out: list[tuple[str, str]] = []
+    absorbed: set[tuple] = set()
+    for err in plain:
+        loc = tuple(err["loc"])
+        kind = err["type"]
+        if kind == "extra_forbidden":
+            name = str(loc[-1])
+            parent = loc[:-1]
+            options = _fields_at(parent) or []
+            close = difflib.get_close_matches(name, sorted(missing.get(parent, set())) or options, n=1, cutoff=0.6) \
+                or difflib.get_close_matches(name, options, n=1, cutoff=0.6)
+            if close:
+                absorbed.add(parent + (close[0],))
+                out.append((_loc(loc, data), f"unknown field '{name}'; did you mean '{close[0]}'?"))
+            else:
+                valid = f"; valid fields: {', '.join(options)}" if options else ""
+                out.append((_loc(loc, data), f"unknown field '{name}'{valid}"))
+            continue
+        ctx = err.get("ctx") or {}
+        msg = err["msg"]
+        if kind in ("literal_error", "enum", "union_tag_invalid"):
+            given = err.get("input") if kind != "union_tag_invalid" else ctx.get("tag")
+            expected = [x.strip(" '\"") for x in str(ctx.get("expected_tags") or ctx.get("expected") or "")
+                        .replace(" or ", ",").split(",") if x.strip(" '\"")]
+            close = difflib.get_close_matches(str(given), expected, n=1, cutoff=0.5) if expected else []
+            msg = f"'{given}' is not one of {', '.join(expected)}" + (f"; did you mean '{close[0]}'?" if close else "")
+        out.append((_loc(loc, data) + (".kind" if kind == "union_tag_invalid" else ""), msg))
+    keep = []
+    for (field, msg), err in zip(out, [e for e in plain]):
+        keep.append((field, msg, tuple(err["loc"]), err["type"]))
+    return [(f, m) for f, m, loc, kind in keep if not (kind == "missing" and loc in absorbed)]
+
+
 def _loc(loc: tuple, data: Any) -> str:
     """pydantic's error location as a readable path, with step names instead of indices."""
     out, cur = "", data
@@ -516,6 +621,8 @@ def _loc(loc: tuple, data: Any) -> str:
         else:
             if part in ("llm", "tool", "noop") and isinstance(cur, dict) and cur.get("kind") == part:
                 continue  # the discriminator adds the variant name; the user never wrote it
+            if part[:1].isupper():
+                continue  # a union's variant (ConditionSpec, RefSpec); the user never wrote it
             out += ("." if out else "") + str(part)
             cur = cur.get(part) if isinstance(cur, dict) else None
     return out
