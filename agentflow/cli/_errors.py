@@ -66,3 +66,17 @@ def expected_errors(verbose: bool):
             raise
         click.echo(f"error: {one_line(e)}", err=True)
         sys.exit(2)
+
+
+def verbose() -> bool:
+    """Whether `agentflow -v` was given (the root command's flag)."""
+    ctx = click.get_current_context(silent=True)
+    return bool(ctx and ctx.find_root().params.get("verbose"))
+
+
+def fail(exc: BaseException, message: str | None = None) -> None:
+    """A command's expected error: one line `error: ...` and exit 2; with -v, the traceback."""
+    if verbose():
+        raise exc
+    click.echo(f"error: {message or one_line(exc)}", err=True)
+    sys.exit(2)

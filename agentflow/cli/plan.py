@@ -9,6 +9,7 @@ from pathlib import Path
 
 import click
 
+from agentflow.cli._errors import fail
 from agentflow.cli._table import render
 from agentflow.errors import SpecError, WorkflowValidationError
 
@@ -19,8 +20,7 @@ def _load(path: str):
     try:
         return load_workflow(path)
     except (SpecError, WorkflowValidationError) as e:
-        click.echo(f"error: {e}", err=True)
-        sys.exit(2)
+        fail(e, str(e))
 
 
 def _edges_text(graph, step: str) -> str:
@@ -103,12 +103,10 @@ def plan(workflow: str, picture: str | None, no_picture: bool, as_json: bool, ex
         try:
             pic_path = write_picture(g, target)
         except OSError as e:
-            click.echo(f"error: cannot write the picture {target}: {e.strerror or e}; choose another --picture "
-                       "path, or --no-picture", err=True)
-            sys.exit(2)
+            fail(e, f"cannot write the picture {target}: {e.strerror or e}; choose another --picture path, "
+                    "or --no-picture")
         except ValueError as e:  # a format we cannot write
-            click.echo(f"error: {e}", err=True)
-            sys.exit(2)
+            fail(e, str(e))
         data["picture"] = str(pic_path)
     if as_json:
         click.echo(json.dumps(data, separators=(",", ":")))

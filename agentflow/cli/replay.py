@@ -7,6 +7,7 @@ import sys
 
 import click
 
+from agentflow.cli._errors import fail
 from agentflow.errors import AgentflowError
 
 
@@ -56,7 +57,8 @@ def replay(workload, policies, preset, workers, rate, concurrency, recorded, num
                                ("--programs", num_programs, 1), ("--kv-tokens", kv_tokens, 1),
                                ("--host-tokens", host_tokens, 0)):
         if value is not None and value < least:
-            _usage(f"{flag} must be >= {least} (got {value})")
+            why = "; a worker needs a GPU KV pool" if flag == "--kv-tokens" else ""
+            _usage(f"{flag} must be >= {least} (got {value}){why}")
     for flag, value in (("--rate", rate), ("--time-scale", time_scale)):
         if value is not None and not value > 0:
             _usage(f"{flag} must be > 0 (got {value:g})")
@@ -100,8 +102,7 @@ def replay(workload, policies, preset, workers, rate, concurrency, recorded, num
         with click.progressbar(length=total, label=label, file=sys.stderr, show_pos=True) as bar:
             config, results, series = run(setup, progress=bar.update)
     except (AgentflowError, ValueError) as e:
-        click.echo(f"error: {e}", err=True)
-        sys.exit(2)
+        fail(e, str(e))
     click.echo(f"{config['source']}: {config['programs']} programs, {config['calls']} calls; {config['preset']}, "
                f"{config['workers']} worker(s), GPU KV {config['kv_capacity_tokens_per_worker']:,} tokens each; "
                f"arrivals {config['arrivals']}" + (f" ({min(config['concurrency'], config['programs'])} in flight)" if config['concurrency'] else ""))
@@ -155,8 +156,7 @@ def _live(workload, names, preset, workers, concurrency, num_programs, kv_tokens
         with click.progressbar(length=total, label="replaying live", file=sys.stderr, show_pos=True) as bar:
             config, results = run_live(setup, progress=bar.update)
     except (AgentflowError, ValueError, OSError) as e:
-        click.echo(f"error: {e}", err=True)
-        sys.exit(2)
+        fail(e, str(e))
     except Exception as e:  # the service is down or refused us (grpc errors, ServiceUnavailable)
         if type(e).__name__ == "ServiceUnavailable":
             click.echo(f"error: {e}", err=True)

@@ -7,6 +7,7 @@ import sys
 
 import click
 
+from agentflow.cli._errors import fail
 from agentflow.errors import AgentflowError
 
 
@@ -74,8 +75,7 @@ def run(file, inputs, engine, tokenizer, token, policy, num_programs, time_scale
         wf = compile_workflow(file)
         eng = None if service else make_engine(engine, policy=policy, time_scale=time_scale)
     except (AgentflowError, EngineError, ValueError) as e:
-        click.echo(f"error: {e}", err=True)
-        sys.exit(2)
+        fail(e, str(e))
     printer = _Streamer() if stream and not json_out and num_programs == 1 else None
 
     async def go():
@@ -96,8 +96,7 @@ def run(file, inputs, engine, tokenizer, token, policy, num_programs, time_scale
     try:
         results, decisions = anyio.run(go)
     except (AgentflowError, EngineError) as e:  # e.g. no service answers at HOST:PORT
-        click.echo(f"error: {e}", err=True)
-        sys.exit(2)
+        fail(e, str(e))
     if printer is not None:
         printer.end()
     if json_out:

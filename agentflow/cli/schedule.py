@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 
 import click
 
+from agentflow.cli._errors import fail
 from agentflow.errors import WorkloadError
 
 
@@ -49,8 +49,7 @@ def schedule(script: str, policy: str, only_steps: bool, as_json: bool) -> None:
         pol = make_policy(policy)
         results = run_script(load_script(script), pol, every_event=not only_steps)
     except (WorkloadError, ValueError) as e:
-        click.echo(f"error: {script}: {e}" if not str(e).startswith(script) else f"error: {e}", err=True)
-        sys.exit(2)
+        fail(e, f"{script}: {e}" if not str(e).startswith(script) else str(e))
     for line, decision in results:
         if as_json:
             click.echo(json.dumps({"line": line.line, **decision.to_dict()}, default=str))
