@@ -660,6 +660,17 @@ def run_kv_error(s: Setting, questions: list[list[int]], acfg: Any, *, answer_to
     }
 
 
+def resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
+    """Flags left out take the product's default: the local engine's DEFAULT_REUSE_CONFIG."""
+    from agentflow.runtime.engines.local.reuse.outputs import DEFAULT_REUSE_CONFIG
+
+    if args.recompute_head is None:
+        args.recompute_head = DEFAULT_REUSE_CONFIG.recompute_head_tokens
+    if args.recompute_ratio is None:
+        args.recompute_ratio = DEFAULT_REUSE_CONFIG.recompute_ratio
+    return args
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--questions", type=int, default=None, help="default 8 (--kv-error: 7); --quick: 4 (3)")
@@ -690,17 +701,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="compare the estimators' KV error instead (no reuse prefill, no timing; see above)")
     ap.add_argument("--quick", action="store_true", help="4 questions (--kv-error: 3), 1 timing repeat")
     ap.add_argument("--json", action="store_true", help="print one JSON line")
-    args = ap.parse_args(argv)
+    args = resolve_defaults(ap.parse_args(argv))
     if args.questions is None:
         args.questions = (3 if args.quick else 7) if args.kv_error else (4 if args.quick else 8)
     if args.quick:
         args.repeats = 1
-    from agentflow.runtime.engines.local.reuse.outputs import DEFAULT_REUSE_CONFIG
-
-    if args.recompute_head is None:
-        args.recompute_head = DEFAULT_REUSE_CONFIG.recompute_head_tokens
-    if args.recompute_ratio is None:
-        args.recompute_ratio = DEFAULT_REUSE_CONFIG.recompute_ratio
 
     import torch
     from agentflow.runtime.engines.local.model import load_smollm2

@@ -272,3 +272,27 @@ def test_plot_panels_draw_values_ratios_and_none(tmp_path, monkeypatch):
     assert len(figs["latency_percentiles.png"].axes[0].patches) == 9  # 3 policies x p50/p95/p99
     for _, fig in seen:
         plt.close(fig)
+
+
+# ---- benchmarks measure the product --------------------------------------------------------------
+
+def test_cross_agent_reuse_benchmark_defaults_to_the_products_configuration():
+    import argparse
+    import importlib.util
+    import sys
+
+    from tests.conftest import require_modules
+
+    require_modules("torch")
+    from agentflow.runtime.engines.local.reuse.outputs import DEFAULT_REUSE_CONFIG
+
+    spec = importlib.util.spec_from_file_location("bench_cross_agent_reuse_cli", ROOT / "bench/cross_agent_reuse.py")
+    bench = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = bench
+    spec.loader.exec_module(bench)
+    args = bench.resolve_defaults(argparse.Namespace(recompute_head=None, recompute_ratio=None))
+    assert (args.recompute_head, args.recompute_ratio) == (DEFAULT_REUSE_CONFIG.recompute_head_tokens,
+                                                           DEFAULT_REUSE_CONFIG.recompute_ratio) == (4, 0.05)
+    assert DEFAULT_REUSE_CONFIG.use_anchors is False  # and the headline condition is anchors off unless --anchors
+    kept = bench.resolve_defaults(argparse.Namespace(recompute_head=0, recompute_ratio=0.0))
+    assert (kept.recompute_head, kept.recompute_ratio) == (0, 0.0)
