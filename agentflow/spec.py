@@ -516,6 +516,7 @@ def _resolve(ref: str, where: str):
 
 def _fields_at(loc: tuple) -> list[str] | None:
     """The field names (as written in a file) of the spec model at `loc`, or None if unknown."""
+    import types
     import typing
 
     cur: Any = WorkflowSpec
@@ -527,7 +528,7 @@ def _fields_at(loc: tuple) -> list[str] | None:
             elif origin is list and isinstance(part, int):
                 cur = typing.get_args(cur)[0]
                 break
-            elif origin in (Union, getattr(__import__("types"), "UnionType", Union)):
+            elif origin in (Union, types.UnionType):
                 models = [a for a in typing.get_args(cur) if isinstance(a, type) and issubclass(a, BaseModel)]
                 pick = [m for m in models if m.__name__ == part or
                         getattr(m.model_fields.get("kind"), "default", None) == part]
@@ -577,7 +578,7 @@ def _field_problems(errors: list[dict], data: Any) -> list[tuple[str, str]]:
     for err in plain:
         if err["type"] == "missing":
             missing.setdefault(tuple(err["loc"][:-1]), set()).add(str(err["loc"][-1]))
-    out: list[tuple[str, str]] = []
+    out: list[tuple[tuple, str, str, str]] = []  # (loc, error type, path, message)
     absorbed: set[tuple] = set()
     for err in plain:
         loc = tuple(err["loc"])
@@ -590,10 +591,10 @@ def _field_problems(errors: list[dict], data: Any) -> list[tuple[str, str]]:
                 or difflib.get_close_matches(name, options, n=1, cutoff=0.6)
             if close:
                 absorbed.add(parent + (close[0],))
-                out.append((_loc(loc, data), f"unknown field '{name}'; did you mean '{close[0]}'?"))
+                out.append((loc, kind, _loc(loc, data), f"unknown field '{name}'; did you mean '{close[0]}'?"))
             else:
                 valid = f"; valid fields: {', '.join(options)}" if options else ""
-                out.append((_loc(loc, data), f"unknown field '{name}'{valid}"))
+                out.append((loc, kind, _loc(loc, data), f"unknown field '{name}'{valid}"))
             continue
         ctx = err.get("ctx") or {}
         msg = err["msg"]
@@ -603,11 +604,8 @@ def _field_problems(errors: list[dict], data: Any) -> list[tuple[str, str]]:
                         .replace(" or ", ",").split(",") if x.strip(" '\"")]
             close = difflib.get_close_matches(str(given), expected, n=1, cutoff=0.5) if expected else []
             msg = f"'{given}' is not one of {', '.join(expected)}" + (f"; did you mean '{close[0]}'?" if close else "")
-        out.append((_loc(loc, data) + (".kind" if kind == "union_tag_invalid" else ""), msg))
-    keep = []
-    for (field, msg), err in zip(out, [e for e in plain]):
-        keep.append((field, msg, tuple(err["loc"]), err["type"]))
-    return [(f, m) for f, m, loc, kind in keep if not (kind == "missing" and loc in absorbed)]
+        out.append((loc, kind, _loc(loc, data) + (".kind" if kind == "union_tag_invalid" else ""), msg))
+    return [(path, msg) for loc, kind, path, msg in out if not (kind == "missing" and loc in absorbed)]
 
 
 def _loc(loc: tuple, data: Any) -> str:
