@@ -42,9 +42,9 @@ def one_line_error(result, *parts: str) -> str:
 # ---- hangs and silent wrong behaviour ---------------------------------------------------------
 
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize("kv", ["10", "2000"])
-def test_a_call_larger_than_the_pool_is_an_error_at_once(kv):
-    line = one_line_error(agentflow("replay", CHATDEV, "--kv-tokens", kv, "--policies", "lru"),
+@pytest.mark.parametrize("kv, live", [("10", ()), ("2000", ()), ("2000", ("--live",))])
+def test_a_call_larger_than_the_pool_is_an_error_at_once(kv, live):
+    line = one_line_error(agentflow("replay", CHATDEV, "--kv-tokens", kv, "--policies", "lru", *live),
                           "program 'Tetris_zhuoyundu_20240115181403' call 11",
                           "(step 'CodeReview/CodeReviewModification') needs 11,677 KV tokens",
                           f"pool holds {int(kv):,}", "Fix: --kv-tokens 11677 or more")

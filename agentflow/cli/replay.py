@@ -150,6 +150,8 @@ def _live(workload, names, preset, workers, concurrency, num_programs, kv_tokens
     try:
         from agentflow.runtime.workload import load_workload
 
+        if not service and (engine == "sim" or kv_tokens):  # a pool we know: a call too large would wait forever
+            _check_fits(workload, num_programs, kv_tokens, preset)
         n = len(load_workload(workload).programs)
         runs = 1 if service else len(names)
         total = (min(n, num_programs) if num_programs else n) * runs
