@@ -133,6 +133,8 @@ def test_run_local_without_the_extra_names_the_install(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "torch" else real(name, *a))
     one_line_error(agentflow("run", "examples/debate.yaml", "-i", "motion=x", "--engine", "local"),
                    "the local engine needs torch", "pip install -c constraints-cpu.txt 'agentflow-sched[local]'")
+    one_line_error(agentflow("replay", CHATDEV, "--engine", "local", "--programs", "1", "--policies", "lru"),
+                   "the local engine needs torch", "pip install -c constraints-cpu.txt 'agentflow-sched[local]'")
 
 
 def test_validate_a_python_file_that_raises_on_import(tmp_path):

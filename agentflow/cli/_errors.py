@@ -80,3 +80,15 @@ def fail(exc: BaseException, message: str | None = None) -> None:
         raise exc
     click.echo(f"error: {message or one_line(exc)}", err=True)
     sys.exit(2)
+
+
+def require_local_engine() -> None:
+    """`--engine local` needs the `local` extra and the model wheel: say so before anything starts."""
+    from agentflow.runtime.engines.base import EngineError
+    from agentflow.runtime.engines.local.model import _require, gguf_path
+
+    try:
+        _require("torch", "transformers", "gguf", "accelerate", "safetensors")
+        gguf_path()
+    except EngineError as e:
+        fail(e, str(e))

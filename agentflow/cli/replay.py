@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from agentflow.cli._errors import fail
+from agentflow.cli._errors import fail, require_local_engine
 from agentflow.errors import AgentflowError
 
 
@@ -150,6 +150,8 @@ def _live(workload, names, preset, workers, concurrency, num_programs, kv_tokens
     try:
         from agentflow.runtime.workload import load_workload
 
+        if engine == "local" and not service:
+            require_local_engine()
         if not service and (engine == "sim" or kv_tokens):  # a pool we know: a call too large would wait forever
             _check_fits(workload, num_programs, kv_tokens, preset)
         n = len(load_workload(workload).programs)

