@@ -51,6 +51,12 @@ class Problem:
     step: str | None
     message: str
     fix: str
+    fix_spec: str | None = None  # the fix in a workflow file's syntax (YAML/JSON), where it differs from `fix`
+
+    def in_spec_syntax(self) -> "Problem":
+        """This problem as a workflow file's author reads it: the fix in the file's own terms."""
+        return self if self.fix_spec is None else Problem(code=self.code, step=self.step, message=self.message,
+                                                          fix=self.fix_spec)
 
     def __str__(self) -> str:
         where = f"step '{self.step}': " if self.step is not None else ""

@@ -204,7 +204,12 @@ class WorkflowSpec(_Model):
         return wf
 
     def compile(self, *, resolve: bool = False):
-        return self.to_workflow(resolve=resolve).compile()
+        from agentflow.errors import WorkflowValidationError
+
+        try:
+            return self.to_workflow(resolve=resolve).compile()
+        except WorkflowValidationError as e:  # a file's author gets the fixes in the file's own terms
+            raise WorkflowValidationError(e.workflow, [p.in_spec_syntax() for p in e.problems]) from None
 
     @classmethod
     def from_compiled(cls, compiled) -> "WorkflowSpec":
@@ -284,10 +289,14 @@ class WorkflowSpec(_Model):
         try:
             return cls.model_validate(data)
         except ValidationError as e:
-            err = e.errors()[0]
-            field = _loc(err["loc"], data)
-            more = f" (and {len(e.errors()) - 1} more)" if len(e.errors()) > 1 else ""
-            raise SpecError(f"{err['msg']}{more}", source=source, field=field) from None
+            problems = _field_problems(e.errors(), data)
+            if len(problems) == 1:
+                field, message = problems[0]
+                raise SpecError(message, source=source, field=field) from None
+            lines = "\n".join(f"  - {field}: {message}" for field, message in problems)
+            err = SpecError(f"{len(problems)} field errors:\n{lines}", source=source)
+            err.problems = problems
+            raise err from None
 
     @classmethod
     def json_schema(cls) -> dict:
@@ -308,13 +317,10 @@ def load_workflow(path: str | Path, *, resolve: bool = False):
     if p.suffix in (".yaml", ".yml", ".json"):
         if not p.exists():
             raise SpecError("no such file", source=str(p))
-        if resolve:  # references name modules as `python -m` would find them: from the current directory
-            import os
-            import sys
-
-            if os.getcwd() not in sys.path and "" not in sys.path:
-                sys.path.append(os.getcwd())
-        return WorkflowSpec.parse(p.read_text(), source=str(p)).compile(resolve=resolve)
+        spec = WorkflowSpec.parse(p.read_text(), source=str(p))
+        if resolve:
+            _add_import_roots(spec, p.resolve().parent)
+        return spec.compile(resolve=resolve)
     obj = _load_python(str(path))
     if callable(getattr(obj, "build", None)):
         obj = obj.build()
@@ -331,7 +337,6 @@ def _load_python(target: str):
     """Import a workflow module. A .py file under the current directory (or a sys.path entry) is
     imported by its dotted name (examples/swe_agent.py -> examples.swe_agent), so the references
     its tools are written with (`examples.swe_agent:run_bash`) import again later."""
-    import importlib
     import importlib.util
     import os
     import sys
@@ -351,19 +356,95 @@ def _load_python(target: str):
             if parts and all(part.isidentifier() for part in parts):
                 if str(root) not in sys.path:
                     sys.path.insert(0, str(root))
-                return importlib.import_module(".".join(parts))
+                return _import(".".join(parts), target)
         # Outside every import root: load it under a private name (its tools then cannot be
         # written to a file by reference; spec() says so).
         name = f"_agentflow_workflow_{p.stem}"
         spec = importlib.util.spec_from_file_location(name, p)
         module = importlib.util.module_from_spec(spec)
         sys.modules[name] = module
-        spec.loader.exec_module(module)
+        try:
+            spec.loader.exec_module(module)
+        except Exception as e:
+            sys.modules.pop(name, None)
+            raise _import_failed(e, target) from e
         return module
+    # a module name, as `python -m` finds it: the current directory first
+    cwd = os.getcwd()
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.insert(0, cwd)
+    if p.exists() and p.is_file():
+        raise SpecError(f"unsupported file type '{p.suffix}'; a workflow is a .yaml, .yml, .json or .py file, "
+                        "or a module name", source=target)
+    if "/" in target or "\\" in target or not all(part.isidentifier() for part in target.split(".")):
+        raise SpecError("no such file; give a .yaml/.json/.py file or a module name such as examples.debate",
+                        source=target)
+    return _import(target, target)
+
+
+def _import(module: str, target: str):
+    import importlib
+    import os
+
     try:
-        return importlib.import_module(target)
-    except ImportError as e:
-        raise SpecError(f"not a .yaml/.json/.py file and not an importable module: {e}", source=target) from None
+        return importlib.import_module(module)
+    except ModuleNotFoundError as e:
+        if e.name and (module == e.name or module.startswith(e.name + ".")):
+            raise SpecError(f"no such file or module '{e.name}' (looked in {os.getcwd()} and sys.path); run from "
+                            "the folder that holds it, or give the file's path", source=target) from None
+        raise _import_failed(e, target) from e
+    except Exception as e:
+        raise _import_failed(e, target) from e
+
+
+def _import_failed(e: Exception, target: str) -> SpecError:
+    """A workflow file that raises while it is imported: where, what, and how to see more."""
+    import traceback
+
+    frames = [f for f in traceback.extract_tb(e.__traceback__) if not f.filename.startswith("<frozen")]
+    own = [f for f in frames if Path(f.filename).name == Path(target).name] or frames
+    at = f" at line {own[-1].lineno}" if own and own[-1].lineno else ""
+    return SpecError(f"importing it raised {type(e).__name__}{at}: {e}; fix the file (`agentflow -v validate "
+                     f"{target}` shows the traceback)", source=target)
+
+
+def _references(spec: WorkflowSpec) -> list[str]:
+    """Every 'module:function' a spec names: tools, parsers, conditions."""
+    refs = [t.impl for t in spec.tools if t.impl]
+    for st in spec.steps:
+        if isinstance(st, LLMStepSpec) and st.parse:
+            refs.append(st.parse)
+        conds = [c.when for c in st.branch.cases] if st.branch else []
+        conds += [st.loop.while_] if st.loop else []
+        refs += [c.ref for c in conds if isinstance(c, RefSpec)]
+    return refs
+
+
+def _add_import_roots(spec: WorkflowSpec, base: Path) -> None:
+    """Make the modules a spec file names importable. As `python -m` would, from the current
+    directory first; else from the file's own folder or the nearest folder above it that holds
+    the module (examples/debate.yaml names examples.debate, found above examples/), so a workflow
+    file runs from any directory."""
+    import importlib.util
+    import os
+    import sys
+
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.append(os.getcwd())
+    for ref in _references(spec):
+        top = ref.partition(":")[0].split(".")[0]
+        if not top.isidentifier():
+            continue
+        try:
+            if importlib.util.find_spec(top) is not None:
+                continue
+        except (ImportError, ValueError):
+            continue
+        for folder in (base, *base.parents):
+            if (folder / top / "__init__.py").exists() or (folder / top).is_dir() or (folder / f"{top}.py").exists():
+                sys.path.append(str(folder))
+                importlib.invalidate_caches()
+                break
 
 
 def _condition(c: Condition | None, where: str, resolve: bool):
@@ -433,6 +514,100 @@ def _resolve(ref: str, where: str):
         raise SpecError(str(e), field=where) from None
 
 
+def _fields_at(loc: tuple) -> list[str] | None:
+    """The field names (as written in a file) of the spec model at `loc`, or None if unknown."""
+    import types
+    import typing
+
+    cur: Any = WorkflowSpec
+    for part in loc:
+        while True:  # unwrap Annotated, Optional/Union and list to what `part` indexes
+            origin = typing.get_origin(cur)
+            if origin is Annotated:
+                cur = typing.get_args(cur)[0]
+            elif origin is list and isinstance(part, int):
+                cur = typing.get_args(cur)[0]
+                break
+            elif origin in (Union, types.UnionType):
+                models = [a for a in typing.get_args(cur) if isinstance(a, type) and issubclass(a, BaseModel)]
+                pick = [m for m in models if m.__name__ == part or
+                        getattr(m.model_fields.get("kind"), "default", None) == part]
+                if pick:
+                    cur = pick[0]
+                    part = None  # the variant's tag is consumed
+                    break
+                if len(models) == 1:
+                    cur = models[0]
+                    continue
+                return None
+            else:
+                break
+        if part is None or isinstance(part, int):
+            continue
+        if not (isinstance(cur, type) and issubclass(cur, BaseModel)):
+            return None
+        fields = {f.alias or name: f for name, f in cur.model_fields.items()}
+        if part not in fields:
+            return None
+        cur = fields[part].annotation
+    if isinstance(cur, type) and issubclass(cur, BaseModel):
+        return [f.alias or name for name, f in cur.model_fields.items()]
+    return None
+
+
+def _field_problems(errors: list[dict], data: Any) -> list[tuple[str, str]]:
+    """Every field error as (path, message), typos with a did-you-mean. A misspelt field (`agnet`)
+    is one problem, not two: its 'unknown field' error absorbs the 'missing' error of the field it
+    was meant to be."""
+    import difflib
+
+    # a union (a condition: {key...} or {ref...}) reports each variant's errors: keep the closest
+    # variant's, the one with the fewest errors, at each place
+    by_variant: dict[tuple, dict[str, list]] = {}
+    plain = []
+    for err in errors:
+        loc = tuple(err["loc"])
+        cut = next((i for i, p in enumerate(loc) if isinstance(p, str) and p[:1].isupper()), None)
+        if cut is None:
+            plain.append(err)
+        else:
+            by_variant.setdefault(loc[:cut], {}).setdefault(loc[cut], []).append(err)
+    for variants in by_variant.values():
+        plain += min(variants.values(), key=len)
+    missing: dict[tuple, set[str]] = {}
+    for err in plain:
+        if err["type"] == "missing":
+            missing.setdefault(tuple(err["loc"][:-1]), set()).add(str(err["loc"][-1]))
+    out: list[tuple[tuple, str, str, str]] = []  # (loc, error type, path, message)
+    absorbed: set[tuple] = set()
+    for err in plain:
+        loc = tuple(err["loc"])
+        kind = err["type"]
+        if kind == "extra_forbidden":
+            name = str(loc[-1])
+            parent = loc[:-1]
+            options = _fields_at(parent) or []
+            close = difflib.get_close_matches(name, sorted(missing.get(parent, set())) or options, n=1, cutoff=0.6) \
+                or difflib.get_close_matches(name, options, n=1, cutoff=0.6)
+            if close:
+                absorbed.add(parent + (close[0],))
+                out.append((loc, kind, _loc(loc, data), f"unknown field '{name}'; did you mean '{close[0]}'?"))
+            else:
+                valid = f"; valid fields: {', '.join(options)}" if options else ""
+                out.append((loc, kind, _loc(loc, data), f"unknown field '{name}'{valid}"))
+            continue
+        ctx = err.get("ctx") or {}
+        msg = err["msg"]
+        if kind in ("literal_error", "enum", "union_tag_invalid"):
+            given = err.get("input") if kind != "union_tag_invalid" else ctx.get("tag")
+            expected = [x.strip(" '\"") for x in str(ctx.get("expected_tags") or ctx.get("expected") or "")
+                        .replace(" or ", ",").split(",") if x.strip(" '\"")]
+            close = difflib.get_close_matches(str(given), expected, n=1, cutoff=0.5) if expected else []
+            msg = f"'{given}' is not one of {', '.join(expected)}" + (f"; did you mean '{close[0]}'?" if close else "")
+        out.append((loc, kind, _loc(loc, data) + (".kind" if kind == "union_tag_invalid" else ""), msg))
+    return [(path, msg) for loc, kind, path, msg in out if not (kind == "missing" and loc in absorbed)]
+
+
 def _loc(loc: tuple, data: Any) -> str:
     """pydantic's error location as a readable path, with step names instead of indices."""
     out, cur = "", data
@@ -444,6 +619,8 @@ def _loc(loc: tuple, data: Any) -> str:
         else:
             if part in ("llm", "tool", "noop") and isinstance(cur, dict) and cur.get("kind") == part:
                 continue  # the discriminator adds the variant name; the user never wrote it
+            if part[:1].isupper():
+                continue  # a union's variant (ConditionSpec, RefSpec); the user never wrote it
             out += ("." if out else "") + str(part)
             cur = cur.get(part) if isinstance(cur, dict) else None
     return out

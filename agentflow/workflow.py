@@ -344,7 +344,8 @@ class Workflow:
         if timeout_s is not None and not timeout_s > 0:
             self._problems.append(Problem(code=P.BAD_VALUE, step=step,
                                           message=f"timeout_s must be > 0 (got {timeout_s!r})",
-                                          fix="give seconds per attempt, or None for no limit"))
+                                          fix="give seconds per attempt, or None for no limit",
+                                          fix_spec="give seconds per attempt, or leave timeout_s out for no limit"))
 
     def _routes(self):
         """(step, its error route) for every LLM and tool step that has one."""
@@ -423,8 +424,23 @@ class Workflow:
             if default is None:
                 problems.append(Problem(code=P.NO_DEFAULT_BRANCH, step=s,
                                         message=f"branch to {targets} has no default",
-                                        fix="add default='<step>' for when no condition holds"))
+                                        fix="add default='<step>' for when no condition holds",
+                                        fix_spec="add `default: <step>` to its branch, for when no condition holds"))
                 default = targets[0] if targets else s
+            outside = {t: p for t, p in probs.items() if not 0.0 <= p <= 1.0}
+            if outside:
+                problems.append(Problem(code=P.BAD_PROBABILITY, step=s,
+                                        message="probability " + ", ".join(f"{p:g} for '{t}'" for t, p in
+                                                                           outside.items()) + " lies outside [0, 1]",
+                                        fix="give each probability between 0 and 1, together they sum to at most "
+                                            "1; cases without one share the remainder"))
+                probs = {t: p for t, p in probs.items() if t not in outside}
+            elif sum(probs.values()) > 1.0 + 1e-9:
+                problems.append(Problem(code=P.BAD_PROBABILITY, step=s,
+                                        message=f"the probabilities given sum to {sum(probs.values()):g}, more than 1",
+                                        fix="lower them so that they sum to at most 1; cases without one share "
+                                            "the remainder"))
+                probs = {}
             unknown = [t for t in probs if t not in targets and t != default]
             if unknown:
                 problems.append(Problem(code=P.BAD_PROBABILITY, step=s,
@@ -466,15 +482,21 @@ class Workflow:
                 if t not in self._tools:
                     out.append(Problem(code=P.UNKNOWN_TOOL, step=None,
                                        message=f"agent '{a.name}' may call tool '{t}', which is not defined",
-                                       fix=f"define it with tool('{t}', fn) or remove it (tools: {tools or 'none'})"))
+                                       fix=f"define it with tool('{t}', fn) or remove it (tools: {tools or 'none'})",
+                                       fix_spec=f"add `- {{name: {t}, impl: 'module:function'}}` under tools: or "
+                                                f"remove it (tools: {tools or 'none'})"))
         for s in self._steps.values():
             if s.kind is StepKind.LLM and s.agent not in self._agents:
                 out.append(Problem(code=P.UNKNOWN_AGENT, step=s.name, message=f"unknown agent '{s.agent}'",
-                                   fix=f"define it with agent('{s.agent}', ...) or use one of: {agents or 'none'}"))
+                                   fix=f"define it with agent('{s.agent}', ...) or use one of: {agents or 'none'}",
+                                   fix_spec=f"add `- {{name: {s.agent}, system_prompt: ...}}` under agents: or use "
+                                            f"one of: {agents or 'none'}"))
             if s.kind is StepKind.TOOL:
                 if s.tool not in self._tools:
                     out.append(Problem(code=P.UNKNOWN_TOOL, step=s.name, message=f"unknown tool '{s.tool}'",
-                                       fix=f"define it with tool('{s.tool}', fn) or use one of: {tools or 'none'}"))
+                                       fix=f"define it with tool('{s.tool}', fn) or use one of: {tools or 'none'}",
+                                       fix_spec=f"add `- {{name: {s.tool}, impl: 'module:function'}}` under tools: "
+                                                f"or use one of: {tools or 'none'}"))
                 if s.agent is not None:
                     if s.agent not in self._agents:
                         out.append(Problem(code=P.UNKNOWN_AGENT, step=s.name, message=f"unknown agent '{s.agent}'",
@@ -482,11 +504,13 @@ class Workflow:
                     elif s.tool in self._tools and s.tool not in self._agents[s.agent].tools:
                         out.append(Problem(code=P.TOOL_NOT_ALLOWED, step=s.name,
                                            message=f"agent '{s.agent}' may not call tool '{s.tool}'",
-                                           fix=f"add '{s.tool}' to agent('{s.agent}', tools=[...])"))
+                                           fix=f"add '{s.tool}' to agent('{s.agent}', tools=[...])",
+                                           fix_spec=f"add {s.tool} to the `tools: [...]` of agent {s.agent}"))
             for i in s.inputs:
                 if i not in self._steps:
                     out.append(Problem(code=P.UNKNOWN_STEP, step=s.name, message=f"reads the output of unknown step '{i}'",
-                                       fix="name an existing upstream step in inputs=[...]"))
+                                       fix="name an existing upstream step in inputs=[...]",
+                                       fix_spec="name an existing upstream step in `inputs: [...]`"))
         return out
 
 

@@ -295,7 +295,8 @@ def _check_structure(
     problems: list[Problem] = []
     if not steps:
         return [Problem(code=P.EMPTY_WORKFLOW, step=None, message="the workflow has no steps",
-                        fix="add at least one step with llm(...) or call(...)")]
+                        fix="add at least one step with llm(...) or call(...)",
+                        fix_spec="add at least one step with `kind: llm` or `kind: tool` under steps:")]
     if entry not in steps:
         problems.append(Problem(code=P.UNKNOWN_STEP, step=entry, message="the entry step does not exist",
                                 fix=f"start at one of: {', '.join(sorted(steps))}"))
@@ -318,9 +319,12 @@ def _check_structure(
             total = sum(c.probability for c in t.cases) + t.default_probability
             bad = [c.probability for c in t.cases if not 0.0 <= c.probability <= 1.0]
             if bad or not 0.0 <= t.default_probability <= 1.0 or abs(total - 1.0) > 1e-6:
+                got = [f"{c.target} {c.probability:g}" for c in t.cases] + [f"default {t.default} "
+                                                                            f"{t.default_probability:g}"]
                 problems.append(Problem(
                     code=P.BAD_PROBABILITY, step=s,
-                    message=f"branch probabilities must lie in [0, 1] and sum to 1 (got sum {total:.3g})",
+                    message=f"branch probabilities must each lie in [0, 1] and sum to 1 (got {', '.join(got)}; "
+                            f"sum {total:.3g})",
                     fix="give probabilities for some cases that sum to at most 1; the rest share the remainder"))
         if isinstance(t, Loop):
             if t.max_iterations < 1:
@@ -348,7 +352,8 @@ def _check_structure(
             problems.append(Problem(
                 code=P.JOIN_WITHOUT_FAN_OUT, step=j,
                 message=f"joins {list(preds)} but no fan-out names it as its join",
-                fix=f"declare the parallel split with fan_out(<step>, [...], join='{j}')"))
+                fix=f"declare the parallel split with fan_out(<step>, [...], join='{j}')",
+                fix_spec=f"declare the parallel split on its step: `fan_out: {{branches: [...], join: {j}}}`"))
 
     # Every cycle must be a declared loop: the graph minus loop back-edges is a DAG.
     fwd = _forward_graph(steps, transitions)
@@ -359,7 +364,9 @@ def _check_structure(
             problems.append(Problem(
                 code=P.UNBOUNDED_CYCLE, step=first,
                 message=f"the cycle {' -> '.join(cycle + [first])} has no iteration bound",
-                fix=f"declare its back edge as a loop: loop('{cycle[-1]}', back_to='{first}', max_iterations=N)"))
+                fix=f"declare its back edge as a loop: loop('{cycle[-1]}', back_to='{first}', max_iterations=N)",
+                fix_spec=f"declare its back edge as a loop: on step {cycle[-1]}, `loop: {{back_to: {first}, "
+                         "max_iterations: N}` instead of its next/branch edge back"))
     if problems:
         return problems
     for s, t in transitions.items():
@@ -371,11 +378,32 @@ def _check_structure(
 
     reachable = set(_bfs_order(entry, transitions))
     for s in steps:
-        if s not in reachable:
+        if s in reachable:
+            continue
+        if s in fork_joins and s not in declared_joins:  # named as a join, but no branch leads into it
+            ends = [_branch_end(b, transitions) for b in transitions[fork_joins[s]].targets]
             problems.append(Problem(
-                code=P.UNREACHABLE_STEP, step=s, message=f"no path from the entry '{entry}' reaches it",
-                fix="connect it with sequence/fan_out/branch, or remove it"))
+                code=P.UNREACHABLE_STEP, step=s,
+                message=f"it is the join of fan-out '{fork_joins[s]}', but no branch leads into it",
+                fix=f"lead the last step of each branch into it: join({ends}, '{s}')",
+                fix_spec=f"give the last step of each branch ({', '.join(ends)}) `next: {s}`, and mark {s} "
+                         "with `join: true`"))
+            continue
+        problems.append(Problem(
+            code=P.UNREACHABLE_STEP, step=s, message=f"no path from the entry '{entry}' reaches it",
+            fix="connect it with sequence/fan_out/branch, or remove it",
+            fix_spec="connect it from another step with next, fan_out or branch, or remove it"))
     return problems
+
+
+def _branch_end(start: str, transitions) -> str:
+    """The last step of a straight branch (follow `next` edges), or a placeholder where it splits."""
+    seen, s = {start}, start
+    while isinstance(transitions.get(s), Next) and transitions[s].target in transitions and \
+            transitions[s].target not in seen:
+        s = transitions[s].target
+        seen.add(s)
+    return s if transitions.get(s) is None else f"<last step after {s}>"
 
 
 def _find_regions(steps, transitions) -> tuple[dict[str, Region], dict[str, str | None], list[Problem]]:

@@ -4,7 +4,7 @@ One event per line; `t` is the time in seconds (non-decreasing). Prefixes are wr
 `"key@tokens"` (cumulative tokens), each extending the one before it in the list.
 
     {"t": 0, "type": "worker", "worker": "w0", "kv_capacity_tokens": 100000, "h2d_tokens_per_s": 50000}
-    {"t": 0, "type": "arrive", "program": "p1", "workflow": "examples/swe_agent.py"}
+    {"t": 0, "type": "arrive", "program": "p1", "workflow": "../swe_agent.py"}   (from the script's folder)
     {"t": 0, "type": "submit", "program": "p1", "call": "c1", "step": "think",
      "prefixes": ["swe/coder:sys@1200"], "prompt_tokens": 1700}
     {"t": 0.1, "type": "start", "call": "c1", "worker": "w0"}
@@ -60,14 +60,22 @@ def _prefixes(items: list[str], where: str) -> tuple[PrefixRef, ...]:
     return tuple(out)
 
 
-def _graph_loader() -> Callable[[str], Any]:
+def _graph_loader(base: Path | None = None) -> Callable[[str], Any]:
+    """Workflows by the path the script names: relative to the script's folder (`base`), as any
+    file names another; a module name (no suffix) as Python imports it."""
     from agentflow.spec import load_workflow
 
     cache: dict[str, Any] = {}
 
     def load(path: str):
         if path not in cache:
-            cache[path] = load_workflow(path).graph
+            p = Path(path)
+            if base is not None and p.suffix and not p.is_absolute():
+                p = base / p
+                if not p.exists():
+                    raise ValueError(f"workflow {path!r}: no such file {p} (a relative path is read from the "
+                                     f"script's folder {base})")
+            cache[path] = load_workflow(p if p.suffix else path).graph
         return cache[path]
 
     return load
@@ -78,7 +86,7 @@ def load_script(path: str | Path) -> list[ScriptLine]:
     path = Path(path)
     if not path.exists():
         raise WorkloadError("no such file", file=str(path))
-    load_graph = _graph_loader()
+    load_graph = _graph_loader(path.parent)
     out: list[ScriptLine] = []
     last_t = 0.0
     for n, raw in enumerate(path.read_text().splitlines(), start=1):

@@ -82,11 +82,12 @@ def test_a_lambda_cannot_be_written_to_a_file():
 @pytest.mark.parametrize("text, field, message", [
     ("name: x\nsteps: []\n", "steps", "at least 1"),
     ("name: x\nsteps:\n  - {name: s, kind: llm}\n", "steps[0](s).agent", "Field required"),
-    ("name: x\nsteps:\n  - {name: s, kind: robot}\n", "steps[0](s)", "does not match any of the expected tags"),
+    ("name: x\nsteps:\n  - {name: s, kind: robot}\n", "steps[0](s).kind", "'robot' is not one of llm, tool, noop"),
     ("name: x\nsteps:\n  - {name: s, kind: llm, agent: a, loop: {back_to: s, max_iterations: 0}}\n",
      "steps[0](s).loop.max_iterations", "greater than or equal to 1"),
-    ("name: x\nsteps:\n  - {name: s, kind: tool, tool: t, colour: red}\n", "steps[0](s).colour", "Extra inputs"),
-    ("name: x\nspec_version: 2\nsteps:\n  - {name: s, kind: noop}\n", "spec_version", "Input should be 1"),
+    ("name: x\nsteps:\n  - {name: s, kind: tool, tool: t, colour: red}\n", "steps[0](s).colour",
+     "unknown field 'colour'; valid fields: name, next"),
+    ("name: x\nspec_version: 2\nsteps:\n  - {name: s, kind: noop}\n", "spec_version", "'2' is not one of 1"),
 ])
 def test_malformed_files_name_the_field(text, field, message):
     with pytest.raises(SpecError) as info:
@@ -94,6 +95,30 @@ def test_malformed_files_name_the_field(text, field, message):
     assert info.value.field == field
     assert message in str(info.value)
     assert str(info.value).startswith("wf.yaml, field ")
+
+
+def test_every_field_error_is_reported_with_its_path_and_a_did_you_mean():
+    text = ("name: x\nagents:\n  - {name: a, system_promt: hi}\nsteps:\n"
+            "  - {name: s1, kind: llm, agnet: a, promt: hi, nxt: s2}\n"
+            "  - {name: s2, kind: llm, agent: a, loop: {back_to: s1, max_iteration: 3}}\n")
+    with pytest.raises(SpecError) as info:
+        WorkflowSpec.parse(text, source="wf.yaml")
+    assert str(info.value).splitlines() == [
+        "wf.yaml: 5 field errors:",
+        "  - agents[0](a).system_promt: unknown field 'system_promt'; did you mean 'system_prompt'?",
+        "  - steps[0](s1).agnet: unknown field 'agnet'; did you mean 'agent'?",
+        "  - steps[0](s1).promt: unknown field 'promt'; did you mean 'prompt'?",
+        "  - steps[0](s1).nxt: unknown field 'nxt'; did you mean 'next'?",
+        "  - steps[1](s2).loop.max_iteration: unknown field 'max_iteration'; did you mean 'max_iterations'?",
+    ]  # the 'missing agent' and 'missing max_iterations' errors are the typos', not reported twice
+
+
+def test_a_condition_typo_reports_the_closest_variant_only():
+    text = "name: x\nsteps:\n  - {name: s, kind: noop, branch: {cases: [{to: s, when: {key: k, op: trthy}}]}}\n"
+    with pytest.raises(SpecError) as info:
+        WorkflowSpec.parse(text, source="wf.yaml")
+    assert info.value.field == "steps[0](s).branch.cases[0].when.op"
+    assert "'trthy' is not one of" in str(info.value) and "did you mean 'truthy'?" in str(info.value)
 
 
 def test_invalid_yaml_and_wrong_top_level():

@@ -192,3 +192,24 @@ def test_a_valid_workflow_compiles_to_an_immutable_object():
         compiled.steps["x"] = None  # type: ignore[index]
     with pytest.raises(AttributeError):
         compiled.name = "other"  # type: ignore[misc]
+
+
+def test_a_bad_probability_names_the_value_given_and_a_forgotten_join_names_the_join():
+    wf = Workflow("p")
+    wf.agent("a", system_prompt="x")
+    wf.agent("b", system_prompt="y")
+    bad_probabilities(wf)
+    with pytest.raises(WorkflowValidationError) as info:
+        wf.compile()
+    (problem,) = info.value.problems
+    assert problem.message == "probability 1.4 for 't' lies outside [0, 1]"  # not "(got sum 1)"
+    wf = Workflow("j")
+    wf.agent("a", system_prompt="x")
+    for s in ("plan", "r1", "r2", "write"):
+        wf.llm(s, agent="a")
+    wf.fan_out("plan", ["r1", "r2"], join="write")  # and no wf.join(["r1", "r2"], "write")
+    with pytest.raises(WorkflowValidationError) as info:
+        wf.compile()
+    (problem,) = info.value.problems
+    assert problem.message == "it is the join of fan-out 'plan', but no branch leads into it"
+    assert problem.fix == "lead the last step of each branch into it: join(['r1', 'r2'], 'write')"

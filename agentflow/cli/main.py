@@ -31,6 +31,22 @@ class _LazyGroup(click.Group):
         module, attr, _ = _SUBCOMMANDS[name]
         return getattr(importlib.import_module(module), attr)
 
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        # `-v` works after the subcommand too (`agentflow plan x.py -v`), except where the
+        # subcommand has its own -v (serve, worker: log level)
+        if args and args[0] not in ("serve", "worker"):
+            cut = args.index("--") if "--" in args else len(args)
+            if any(a in ("-v", "--verbose") for a in args[1:cut]):
+                args = [args[0], *(a for a in args[1:cut] if a not in ("-v", "--verbose")), *args[cut:]]
+                args.insert(0, "--verbose")
+        return super().parse_args(ctx, args)
+
+    def invoke(self, ctx: click.Context):
+        from agentflow.cli._errors import expected_errors
+
+        with expected_errors(bool(ctx.params.get("verbose"))):
+            return super().invoke(ctx)
+
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         rows = [(name, _SUBCOMMANDS[name][2]) for name in self.list_commands(ctx)]
         with formatter.section("Commands"):
@@ -39,7 +55,8 @@ class _LazyGroup(click.Group):
 
 @click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="agentflow-sched", prog_name="agentflow")
-def cli() -> None:
+@click.option("-v", "--verbose", is_flag=True, help="Show the traceback of an error (else one line, exit status 2).")
+def cli(verbose: bool) -> None:
     """agentflow: a workflow-aware orchestrator for multi-agent LLM programs."""
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import click
 
+from agentflow.cli._errors import fail
 from agentflow.cli._table import render
 from agentflow.errors import SpecError, WorkflowValidationError
 
@@ -19,8 +20,7 @@ def _load(path: str):
     try:
         return load_workflow(path)
     except (SpecError, WorkflowValidationError) as e:
-        click.echo(f"error: {e}", err=True)
-        sys.exit(2)
+        fail(e, str(e))
 
 
 def _edges_text(graph, step: str) -> str:
@@ -77,7 +77,8 @@ def _num(v: float) -> float | None:
 @click.command()
 @click.argument("workflow", type=click.Path(dir_okay=False))
 @click.option("--picture", "picture", type=click.Path(dir_okay=False), default=None,
-              help="Write the graph here: .svg (default out/<name>.svg), .mmd (Mermaid) or .dot.")
+              help="Write the graph here: .svg (default out/<file name>.svg, e.g. out/debate.yaml.svg), "
+                   ".mmd (Mermaid) or .dot.")
 @click.option("--no-picture", is_flag=True, help="Do not write a picture.")
 @click.option("--json", "as_json", is_flag=True, help="Print the tables as one JSON line.")
 @click.option("--expected/--no-expected", default=True, show_default=True,
@@ -98,7 +99,14 @@ def plan(workflow: str, picture: str | None, no_picture: bool, as_json: bool, ex
     if not no_picture:
         from agentflow.graph.export import write_picture
 
-        pic_path = write_picture(g, Path(picture or Path("out") / f"{_safe(g.name)}.svg"))
+        target = Path(picture) if picture else Path("out") / f"{_safe(Path(workflow).name)}.svg"
+        try:
+            pic_path = write_picture(g, target)
+        except OSError as e:
+            fail(e, f"cannot write the picture {target}: {e.strerror or e}; choose another --picture path, "
+                    "or --no-picture")
+        except ValueError as e:  # a format we cannot write
+            fail(e, str(e))
         data["picture"] = str(pic_path)
     if as_json:
         click.echo(json.dumps(data, separators=(",", ":")))

@@ -7,6 +7,7 @@ import sys
 
 import click
 
+from agentflow.cli._errors import fail, require_local_engine
 from agentflow.errors import AgentflowError
 
 
@@ -55,16 +56,45 @@ def replay(workload, policies, preset, workers, rate, concurrency, recorded, num
     names = tuple(p.strip() for p in policies.split(",") if p.strip())
     bad = [p for p in names if p not in POLICY_NAMES]
     if bad:
-        click.echo(f"error: unknown polic{'y' if len(bad) == 1 else 'ies'} {', '.join(bad)}; "
-                   f"valid: {', '.join(POLICY_NAMES)}", err=True)
-        sys.exit(2)
+        _usage(f"unknown polic{'y' if len(bad) == 1 else 'ies'} {', '.join(bad)}; valid: {', '.join(POLICY_NAMES)}")
+    if not names:
+        _usage(f"--policies names no policy; give one or more of {', '.join(POLICY_NAMES)}")
+    for flag, value, least in (("--workers", workers, 1), ("--concurrency", concurrency, 1),
+                               ("--programs", num_programs, 1), ("--kv-tokens", kv_tokens, 1),
+                               ("--host-tokens", host_tokens, 0)):
+        if value is not None and value < least:
+            why = "; a worker needs a GPU KV pool" if flag == "--kv-tokens" else ""
+            _usage(f"{flag} must be >= {least} (got {value}){why}")
+    for flag, value in (("--rate", rate), ("--time-scale", time_scale)):
+        if value is not None and not value > 0:
+            _usage(f"{flag} must be > 0 (got {value:g})")
     if sum(x is not None and x is not False for x in (rate, concurrency, recorded or None)) > 1:
-        click.echo("error: choose one of --rate, --concurrency, --recorded", err=True)
-        sys.exit(2)
+        _usage("choose one of --rate, --concurrency, --recorded")
+    ctx = click.get_current_context()
+    given = {p.opts[-1] for p in ctx.command.params if isinstance(p, click.Option)
+             and ctx.get_parameter_source(p.name) not in (None, click.core.ParameterSource.DEFAULT)}
+    if service:
+        # the service's scheduler runs its own policy on its own workers: these flags would be ignored
+        ignored = sorted(given & {"--policies", "--plot", "--workers", "--preset", "--kv-tokens", "--host-tokens",
+                                  "--engine", "--live", "--sglang-url"})
+        if ignored:
+            _usage(f"{', '.join(ignored)} do{'es' if len(ignored) == 1 else ''} not apply with --service (the "
+                   "service runs its own policy on its own workers, and live replays write no plots); leave "
+                   f"{'it' if len(ignored) == 1 else 'them'} out, or replay without --service")
+    else:
+        ignored = sorted(given & {"--token", "--tls-cert"})
+        if ignored:
+            one = len(ignored) == 1
+            _usage(f"{', '.join(ignored)} only appl{'ies' if one else 'y'} with --service HOST:PORT; add --service "
+                   f"or leave {'it' if one else 'them'} out")
     if service or live or engine != "sim":
         if rate is not None or recorded:
-            click.echo("error: live replays run a closed loop: use --concurrency, not --rate or --recorded", err=True)
-            sys.exit(2)
+            _usage("live replays run a closed loop: use --concurrency, not --rate or --recorded")
+        if plot_dir:
+            _usage("--plot applies to the simulated replay only (leave out --live/--engine); live replays write "
+                   "--json")
+        if engine != "sim" and live:
+            _usage("--live is for --engine sim; --engine local/sglang always run live")
         _live(workload, names, preset, workers, concurrency, num_programs, kv_tokens, host_tokens, seed, json_out,
               engine, service, sglang_url, time_scale, token, tls_cert)
         return
@@ -75,19 +105,16 @@ def replay(workload, policies, preset, workers, rate, concurrency, recorded, num
                         concurrency=concurrency, recorded=recorded, num_programs=num_programs, seed=seed,
                         kv_capacity_tokens=kv_tokens, host_capacity_tokens=host_tokens)
     try:
-        from agentflow.runtime.workload import load_workload
-
-        n = len(load_workload(workload).programs)
-        total = (min(n, num_programs) if num_programs else n) * len(names)
-        with click.progressbar(length=total, label=f"replaying {len(names)} policies", file=sys.stderr,
-                               show_pos=True) as bar:
+        programs = _check_fits(workload, num_programs, kv_tokens, preset)
+        total = len(programs) * len(names)
+        label = f"replaying {len(names)} polic{'y' if len(names) == 1 else 'ies'}"
+        with click.progressbar(length=total, label=label, file=sys.stderr, show_pos=True) as bar:
             config, results, series = run(setup, progress=bar.update)
     except (AgentflowError, ValueError) as e:
-        click.echo(f"error: {e}", err=True)
-        sys.exit(2)
+        fail(e, str(e))
     click.echo(f"{config['source']}: {config['programs']} programs, {config['calls']} calls; {config['preset']}, "
                f"{config['workers']} worker(s), GPU KV {config['kv_capacity_tokens_per_worker']:,} tokens each; "
-               f"arrivals {config['arrivals']}" + (f" ({config['concurrency']} in flight)" if config['concurrency'] else ""))
+               f"arrivals {config['arrivals']}" + (f" ({min(config['concurrency'], config['programs'])} in flight)" if config['concurrency'] else ""))
     click.echo(report.table(results))
     doc = report.document(config, results)
     if json_out:
@@ -95,6 +122,24 @@ def replay(workload, policies, preset, workers, rate, concurrency, recorded, num
     if plot_dir:
         files = report.plots(results, series, plot_dir, title=f"{config['source']} ({config['programs']} programs)")
         click.echo("plots: " + ", ".join(str(f) for f in files))
+
+
+def _usage(message: str) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(2)
+
+
+def _check_fits(workload: str, num_programs: int | None, kv_tokens: int | None, preset: str) -> list:
+    """The programs to replay, after checking that each call fits a worker's pool (else an error at once)."""
+    from agentflow.runtime.engines.sim.costmodel import make_cost_model
+    from agentflow.runtime.replay.fit import check_fits
+    from agentflow.runtime.workload import load_workload
+
+    programs = load_workload(workload).programs
+    programs = programs[:num_programs] if num_programs and num_programs > 0 else programs
+    if kv_tokens is None or kv_tokens > 0:
+        check_fits(programs, kv_tokens or make_cost_model(preset).kv_capacity_tokens)
+    return programs
 
 
 def _live(workload, names, preset, workers, concurrency, num_programs, kv_tokens, host_tokens, seed, json_out,
@@ -114,14 +159,17 @@ def _live(workload, names, preset, workers, concurrency, num_programs, kv_tokens
     try:
         from agentflow.runtime.workload import load_workload
 
+        if engine == "local" and not service:
+            require_local_engine()
+        if not service and (engine == "sim" or kv_tokens):  # a pool we know: a call too large would wait forever
+            _check_fits(workload, num_programs, kv_tokens, preset)
         n = len(load_workload(workload).programs)
         runs = 1 if service else len(names)
         total = (min(n, num_programs) if num_programs else n) * runs
         with click.progressbar(length=total, label="replaying live", file=sys.stderr, show_pos=True) as bar:
             config, results = run_live(setup, progress=bar.update)
     except (AgentflowError, ValueError, OSError) as e:
-        click.echo(f"error: {e}", err=True)
-        sys.exit(2)
+        fail(e, str(e))
     except Exception as e:  # the service is down or refused us (grpc errors, ServiceUnavailable)
         if type(e).__name__ == "ServiceUnavailable":
             click.echo(f"error: {e}", err=True)
@@ -131,8 +179,9 @@ def _live(workload, names, preset, workers, concurrency, num_programs, kv_tokens
             sys.exit(1)
         raise
     where = f"service {service}" if service else f"{workers} {engine} engine(s) in process"
+    in_flight = min(config["concurrency"], config["programs"])  # never more than the programs there are
     click.echo(f"{config['source']}: {config['programs']} programs, {config['calls']} calls; live through {where}; "
-               f"{config['concurrency']} in flight")
+               f"{in_flight} in flight")
     cols = ("jct_mean_s", "jct_p90_s", "ttft_mean_s", "hit_rate", "submit_p99_ms", "retries", "wall_s")
     click.echo(render(("policy",) + cols, [(p,) + tuple(r[c] for c in cols) for p, r in results.items()]))
     if json_out:

@@ -7,6 +7,7 @@ import sys
 
 import click
 
+from agentflow.cli._errors import fail, require_local_engine
 from agentflow.errors import AgentflowError
 
 
@@ -51,17 +52,27 @@ def run(file, inputs, engine, tokenizer, token, policy, num_programs, time_scale
 
     from agentflow.runtime.executor import ENGINE_KINDS, Executor, compile_workflow, make_engine
 
+    from agentflow.runtime.engines.base import EngineError
+
     if num_programs < 1:
-        click.echo("error: --programs must be >= 1", err=True)
+        click.echo(f"error: --programs must be >= 1 (got {num_programs})", err=True)
+        sys.exit(2)
+    if not time_scale > 0:
+        click.echo(f"error: --time-scale must be > 0 (got {time_scale:g})", err=True)
         sys.exit(2)
     service = engine not in ENGINE_KINDS and ":" in engine
+    if engine not in ENGINE_KINDS and not service:
+        click.echo(f"error: --engine {engine}: no such engine; use sim (simulated GPU worker), local (the local model) "
+                   "or HOST:PORT of a running `agentflow serve` (e.g. 127.0.0.1:7070)", err=True)
+        sys.exit(2)
     try:
+        if engine == "local":  # the extra and the model wheel, before anything starts
+            require_local_engine()
         values = _parse_input(inputs)
         wf = compile_workflow(file)
         eng = None if service else make_engine(engine, policy=policy, time_scale=time_scale)
-    except (AgentflowError, ValueError) as e:
-        click.echo(f"error: {e}", err=True)
-        sys.exit(2)
+    except (AgentflowError, EngineError, ValueError) as e:
+        fail(e, str(e))
     printer = _Streamer() if stream and not json_out and num_programs == 1 else None
 
     async def go():
@@ -81,9 +92,8 @@ def run(file, inputs, engine, tokenizer, token, policy, num_programs, time_scale
 
     try:
         results, decisions = anyio.run(go)
-    except AgentflowError as e:  # e.g. no service answers at HOST:PORT
-        click.echo(f"error: {e}", err=True)
-        sys.exit(2)
+    except (AgentflowError, EngineError) as e:  # e.g. no service answers at HOST:PORT
+        fail(e, str(e))
     if printer is not None:
         printer.end()
     if json_out:

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 
 import click
 
+from agentflow.cli._errors import fail
 from agentflow.errors import WorkloadError
 
 
-def _steps(x: float) -> str:
-    return "never" if math.isinf(x) else f"{x:g}"
+def _when(x: float) -> str:
+    return "not needed again" if math.isinf(x) else f"next needed in {x:g} step{'' if x == 1 else 's'}"
 
 
 def describe(decision) -> list[str]:
@@ -23,7 +23,7 @@ def describe(decision) -> list[str]:
     for u in decision.unpins:
         out.append(f"unpin  {u.prefix} ({u.reason.value})")
     for p in decision.priorities:
-        out.append(f"keep   {p.prefix}: next needed in {_steps(p.steps_to_execution)} steps -> priority {p.priority}")
+        out.append(f"keep   {p.prefix}: {_when(p.steps_to_execution)} -> priority {p.priority}")
     for p in decision.prefetches:
         out.append(f"fetch  {p.prefix} to {p.worker} by t={p.deadline_s:.2f} s ({p.num_tokens} tokens)")
     if decision.admit:
@@ -49,8 +49,7 @@ def schedule(script: str, policy: str, only_steps: bool, as_json: bool) -> None:
         pol = make_policy(policy)
         results = run_script(load_script(script), pol, every_event=not only_steps)
     except (WorkloadError, ValueError) as e:
-        click.echo(f"error: {script}: {e}" if not str(e).startswith(script) else f"error: {e}", err=True)
-        sys.exit(2)
+        fail(e, f"{script}: {e}" if not str(e).startswith(script) else str(e))
     for line, decision in results:
         if as_json:
             click.echo(json.dumps({"line": line.line, **decision.to_dict()}, default=str))

@@ -120,7 +120,8 @@ def serve(listen, policy, journal_path, time_scale, worker_timeout, ttft_slo, tl
 @click.command()
 @click.option("--scheduler", required=True, help="host:port of the scheduler service.")
 @click.option("--engine", type=click.Choice(["sim", "local", "sglang"]), default="sim", show_default=True)
-@click.option("--id", "worker_id", default=None, help="Worker id (default: engine@host:port).")
+@click.option("--id", "worker_id", default=None,
+              help="Worker id (default: ENGINE@HOST:PORT of --advertise or --listen; port 0: ENGINE@HOST-<random>).")
 @click.option("--listen", default="127.0.0.1:0", show_default=True, help="host:port for this worker's service.")
 @click.option("--advertise", default=None, help="Address clients use to reach this worker (default: --listen).")
 @click.option("--preset", default="llama-3.1-8b-h100", show_default=True, help="sim: cost-model preset.")

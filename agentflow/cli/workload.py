@@ -9,12 +9,12 @@ from pathlib import Path
 
 import click
 
+from agentflow.cli._errors import fail
 from agentflow.errors import WorkloadError
 
 
 def _fail(err: WorkloadError) -> None:
-    click.echo(f"error: {err}", err=True)
-    sys.exit(2)
+    fail(err, str(err))
 
 
 def _progress(enabled: bool):

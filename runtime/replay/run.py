@@ -10,10 +10,12 @@ from dataclasses import asdict, dataclass
 from agentflow.runtime.engines.sim.costmodel import make_cost_model
 from agentflow.runtime.policies import POLICY_NAMES
 from agentflow.runtime.replay.engine import Replay, ReplayConfig
+from agentflow.runtime.replay.fit import check_fits
 from agentflow.runtime.replay.planning import planning_graph
 from agentflow.runtime.workload import ClosedLoop, load_workload, poisson_arrivals, recorded_arrivals
 
 DEFAULT_OVERSUBSCRIPTION = 2.0
+SAMPLE_EVERY_S = 0.5  # the plots' time series: enough points for a replay of a minute (BFCL)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -63,6 +65,7 @@ def run(setup: ReplaySetup, progress: Callable[[int], None] | None = None) -> tu
     programs = wl.programs[: setup.num_programs] if setup.num_programs is not None else list(wl.programs)
     cost = make_cost_model(setup.preset)
     kv = setup.kv_capacity_tokens or cost.kv_capacity_tokens
+    check_fits(programs, kv)  # a call larger than the pool would wait forever
     plan = planning_graph(programs, name=f"replay-{wl.header.source}")
     arrival = "closed-loop"
     concurrency = setup.concurrency
@@ -91,14 +94,15 @@ def run(setup: ReplaySetup, progress: Callable[[int], None] | None = None) -> tu
         else:
             arrivals = ClosedLoop(programs, num_in_flight=concurrency)
         rc = ReplayConfig(workers=setup.workers, kv_capacity_tokens=setup.kv_capacity_tokens,
-                          host_capacity_tokens=setup.host_capacity_tokens, seed=setup.seed)
+                          host_capacity_tokens=setup.host_capacity_tokens, seed=setup.seed,
+                          sample_every_s=SAMPLE_EVERY_S)
         sim = Replay(arrivals, plan, name, cost, rc, on_progress=progress, prepared=prepared)
         t0 = time.perf_counter()
         summary = sim.run()
         summary["wall_s"] = time.perf_counter() - t0
         summary["simulated_events"] = sim.events
         results[name] = summary
-        series[name] = {"jct_s": list(sim.rec.jct_s), "timeline": list(sim.rec.series)}
+        series[name] = {"jct_s": list(sim.rec.jct_s), "ttft_s": list(sim.rec.ttft_s), "timeline": list(sim.rec.series)}
     return config, results, series
 
 

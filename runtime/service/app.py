@@ -71,11 +71,20 @@ def make_engine(engine: str, *, name: str, preset: str = "llama-3.1-8b-h100", kv
     raise ValueError(f"unknown engine {engine!r}; valid: sim, local, sglang")
 
 
+def default_worker_id(engine: str, address: str) -> str:
+    """ENGINE@HOST:PORT, as `agentflow worker --help` says; a wildcard host is this machine's name, and
+    an unbound port (0) a random suffix, so two workers never share an id."""
+    host, _, port = address.rpartition(":")
+    if host in ("", "0.0.0.0", "::", "[::]"):
+        host = socket.gethostname()
+    return f"{engine}@{host}:{port}" if port not in ("", "0") else f"{engine}@{host}-{uuid.uuid4().hex[:6]}"
+
+
 def build_worker(*, scheduler: str, engine: str = "sim", worker_id: str | None = None, listen: str = "127.0.0.1:0",
                  advertise: str | None = None, preset: str = "llama-3.1-8b-h100", kv_tokens: int | None = None,
                  host_tokens: int | None = None, strategy: str = "priority", time_scale: float = 1.0,
                  sglang_url: str | None = None, transport: Transport | None = None) -> WorkerAgent:
-    wid = worker_id or f"{engine}@{socket.gethostname()}-{uuid.uuid4().hex[:6]}"
+    wid = worker_id or default_worker_id(engine, advertise or listen)
     eng = make_engine(engine, name=wid, preset=preset, kv_tokens=kv_tokens, host_tokens=host_tokens,
                       strategy=strategy, time_scale=time_scale, sglang_url=sglang_url)
     cfg = AgentConfig(worker_id=wid, scheduler=scheduler, listen=listen, advertise=advertise, engine_kind=engine,

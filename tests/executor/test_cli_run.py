@@ -61,7 +61,7 @@ def test_missing_input_fails_the_program_and_says_which():
 
 def test_bad_engine_and_input_are_usage_errors():
     out = CliRunner().invoke(cli, ["run", "examples/debate.yaml", "--engine", "tpu"])
-    assert out.exit_code == 2 and "unknown engine 'tpu'" in out.output
+    assert out.exit_code == 2 and "--engine tpu: no such engine; use sim" in out.output
     out = CliRunner().invoke(cli, ["run", "examples/debate.yaml", "-i", "novalue"])
     assert out.exit_code == 2 and "KEY=VALUE" in out.output
 

@@ -113,6 +113,6 @@ def test_replay_command_rejects_bad_input(tmp_path):
     for args, message in ((["--workers", "0"], "workers must be >= 1 (got 0)"),
                           (["--programs", "0"], "programs must be >= 1 (got 0)"),
                           (["--kv-tokens", "0"], "needs a GPU KV pool"),
-                          (["--concurrency", "0", "--programs", "2"], "num_in_flight must be >= 1")):
+                          (["--concurrency", "0", "--programs", "2"], "--concurrency must be >= 1 (got 0)")):
         out = CliRunner().invoke(cli, ["replay", str(SWE), *args])
         assert out.exit_code == 2 and message in out.output, (args, out.output)

@@ -19,7 +19,7 @@ SCRIPTS = ROOT / "examples" / "scripts"
 
 @pytest.fixture(autouse=True)
 def _at_root(monkeypatch):
-    monkeypatch.chdir(ROOT)  # scripts name workflows relative to the project root
+    monkeypatch.chdir(ROOT)  # the CLI tests name files from the root (scripts name workflows from their folder)
 
 
 def decisions(name, policy="agentflow"):

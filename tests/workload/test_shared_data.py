@@ -122,15 +122,17 @@ def test_chatdev(shared, table):
     with_usage = prompt_sum = n_calls = 0
     for log in logs:
         text = log.read_text(errors="replace")
-        found = re.findall(r"\*\*\[OpenAI_Usage_Info Receive\]\*\*\nprompt_tokens: (\d+)", text)
+        # the current format's records, and the older AgentTech logs' `[OpenAI_Usage_Info]`
+        found = re.findall(r"\[OpenAI_Usage_Info(?: Receive\]\*\*|\])\nprompt_tokens: (\d+)", text)
         with_usage += bool(found)
         n_calls += len(found)
         prompt_sum += sum(int(x) for x in found)
     r = convert("chatdev", folder, table)
-    assert (r.report.num_read, r.report.num_converted) == (len(logs), with_usage)
-    assert r.report.num_skipped == len(logs) - with_usage
+    assert (r.report.num_read, r.report.num_converted) == (len(logs), with_usage) == (29, 28)
+    assert r.report.num_skipped == len(logs) - with_usage  # one log of answers only: no prompt to count
     calls = [c for p in r.programs for c in p.calls]
     assert len(calls) == n_calls and sum(c.prompt_tokens for c in calls) == prompt_sum
+    assert any("AgentTech" in n and "Website_THUNLP_20230725154612" in n for n in r.header.notes)
     kinds = {s.kind for c in calls for s in c.segments}
     assert SegmentKind.OUTPUT_OF in kinds and SegmentKind.HISTORY in kinds
 
@@ -153,3 +155,27 @@ def test_mooncake(shared, table, name):
     s = compute_stats(r.header, r.programs)
     # sessions keep (almost) all the block reuse the trace itself shows
     assert abs(s.perfect_prefix_reuse - block_reuse / total) < 0.03
+
+
+def test_chatdev_log_without_usage_is_counted_with_the_tokenizer(shared, table, tmp_path):
+    """An older log whose usage records are gone: sizes come from the logged text, and the header says so."""
+    from agentflow.runtime.workload.convert.common import TokenCounter
+
+    src = shared("data/workflows/chatdev/Website_THUNLP_20230725154612")
+    run = tmp_path / "Website_THUNLP_20230725154612"
+    run.mkdir()
+    (run / "ChatChainConfig.json").write_text((src / "ChatChainConfig.json").read_text())
+    text = (src / "run.log").read_text(errors="replace")
+    stripped = re.sub(r"\[[^\]]*INFO\] \[OpenAI_Usage_Info\]\n(?:[a-z_]+: \d+\n)+", "", text)
+    assert "OpenAI_Usage_Info" not in stripped
+    (run / "run.log").write_text(stripped)
+    count = TokenCounter("heuristic")
+    r = converter("chatdev")([tmp_path], table=table, seed=0, tokenizer=count)
+    (p,) = r.programs
+    answers = re.findall(r"\[\d+\] AI (?:Assistant|User) \([^)]+\):\n(.*?)(?=\n\[\d{4}-|\Z)", stripped, re.S)
+    assert len(p.calls) == len(answers) == 13
+    assert [c.output_tokens for c in p.calls] == [count(a.strip()) for a in answers]
+    first = p.calls[0]  # the CPO's first turn: its system prompt + the CEO's opening message
+    assert first.segments[0].kind is SegmentKind.SYSTEM
+    assert any("counted from the logged text with heuristic" in n for n in r.header.notes)
+    assert r.header.tokenizer == count.name

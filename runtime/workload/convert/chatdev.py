@@ -42,10 +42,13 @@ _ROW = re.compile(r"^\| \*\*(\w+)\*\* \| (.*) \|$")
 _PHASE = re.compile(r"on : (\w+), turn (\d+)")
 # placeholder in a phase prompt -> phases whose latest output fills it
 FEEDS = {
-    "{codes}": ("Coding", "CodeComplete", "CodeReviewModification", "TestModification", "CodeReviewHuman"),
-    "{comments}": ("CodeReviewComment",),
+    "{codes}": ("Coding", "CodeComplete", "CodeReviewModification", "TestModification", "CodeReviewHuman",
+                "CODING", "REVIEWING_MODIFICATION"),  # the last two: the older AgentTech logs' phase types
+    "{comments}": ("CodeReviewComment", "REVIEWING_COMMENT"),
     "{error_summary}": ("TestErrorSummary",),
 }
+# the older logs name phase types, not prompts: what each one's opening message reads
+AGENTTECH_READS = {"REVIEWING_COMMENT": "{codes}", "REVIEWING_MODIFICATION": "{comments} {codes}"}
 
 
 @dataclass
@@ -123,13 +126,16 @@ def _phase_steps(run_dir: Path) -> dict[str, str]:
     return steps
 
 
-def convert_run(log: Path, *, count: TokenCounter) -> Program:
+def convert_run(log: Path, *, count: TokenCounter, formats: dict[str, str] | None = None) -> Program:
+    """One run. `formats` (if given) learns run -> "agenttech-usage" / "agenttech-counted" for the older logs."""
     run_dir = log.parent
     pid = run_dir.name
     entries = parse_log(log)
     if not entries:
         raise Skip("empty run.log")
     if not any("[OpenAI_Usage_Info Receive]" in e.head for e in entries):
+        if any(_AT_SPEAKER.match(_plain(e.head)) for e in entries):
+            return convert_agenttech_run(log, entries, count=count, formats=formats)
         raise Skip("run.log has no token usage records (an older ChatDev log format)")
     steps = _phase_steps(run_dir)
     b = ProgramBuilder(pid)
@@ -206,6 +212,152 @@ def convert_run(log: Path, *, count: TokenCounter) -> Program:
     return b.build(arrival_s=0.0)
 
 
+# ---- the older AgentTech log format (mid-2023) ---------------------------------------------------
+# `PhaseType: PhaseType.CODING`, `AI Assistant (Programmer) sys message:` + a SystemMessage repr,
+# `Task prompt:`, the phase's opening message `AI User (Chief Technology Officer):`, usage as
+# `[OpenAI_Usage_Info]` (on some runs none at all), and each answer as `[0] AI Assistant (Programmer):`.
+# Lines carry ANSI colour codes.
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_AT_SPEAKER = re.compile(r"^\[(\d+)\] AI (Assistant|User) \((.+)\):$")
+_AT_SYS = re.compile(r"^AI (Assistant|User) \((.+)\) sys message:$")
+_AT_OPENING = re.compile(r"^AI User \((.+)\):$")
+_AT_CONTENT = re.compile(r"content=(\'.*\'|\".*\")\)\s*$", re.S)
+
+
+def _plain(text: str) -> str:
+    return _ANSI.sub("", text).strip()
+
+
+def _system_content(body: list[str]) -> tuple[str, str, str]:
+    """(company background, role text, task text) of a logged SystemMessage repr."""
+    import ast
+
+    raw = "\n".join(body).strip()
+    m = _AT_CONTENT.search(raw)
+    try:
+        content = ast.literal_eval(m.group(1)) if m else raw
+    except (ValueError, SyntaxError):
+        content = raw
+    meta = re.search(r"'agenttech_prompt': (\'(?:[^'\\]|\\.)*\'|\"(?:[^\"\\]|\\.)*\")", raw)
+    try:
+        background = ast.literal_eval(meta.group(1)) if meta else ""
+    except (ValueError, SyntaxError):
+        background = ""
+    rest = content[len(background):] if background and content.startswith(background) else content
+    task = re.search(r"'task': (\'(?:[^'\\]|\\.)*\'|\"(?:[^\"\\]|\\.)*\")", raw)
+    try:
+        task_text = ast.literal_eval(task.group(1)) if task else ""
+    except (ValueError, SyntaxError):
+        task_text = ""
+    cut = rest.find(task_text) if task_text else -1
+    return (background, rest[:cut], rest[cut:]) if cut >= 0 else (background, rest, "")
+
+
+def convert_agenttech_run(log: Path, entries: list[_Entry], *, count: TokenCounter,
+                          formats: dict[str, str] | None = None) -> Program:
+    """A run in the older AgentTech format. Usage records, where the log has them, give each call's
+    prompt and output totals (as in the current format); where it has none, both are counted from
+    the logged text with `count`: the output is the answer; the prompt is the agent's system
+    prompt and the phase's opening message on its first turn in a chat, else its previous prompt
+    and answer plus the other agent's latest answer (how ChatDev's role-playing builds them)."""
+    run_dir = log.parent
+    pid = run_dir.name
+    has_usage = any(_plain(e.head) == "[OpenAI_Usage_Info]" for e in entries)
+    if not has_usage and not any(_AT_SYS.match(_plain(e.head)) for e in entries):
+        raise Skip("run.log has neither usage records nor prompts (an older log of answers only): "
+                   "prompt sizes cannot be counted")
+    config = run_dir / "ChatChainConfig.json"
+    steps = _phase_steps(run_dir) if config.exists() and config.stat().st_size else {}
+    b = ProgramBuilder(pid)
+    system: dict[str, tuple[str, str, str]] = {}
+    roles: dict[str, str] = {}  # "Assistant"/"User" -> role of the current chat
+    chat: _Chat | None = None
+    opening = ""
+    phase = "Preprocessing"
+    pending: list[tuple[int, int]] = []
+    t0 = entries[0].ts
+    last_by_phase: dict[str, int] = {}
+    for e in entries:
+        head = _plain(e.head)
+        if head.startswith("PhaseType: PhaseType."):
+            phase = head.removeprefix("PhaseType: PhaseType.")
+            roles, chat, opening = {}, None, ""
+        elif m := _AT_SYS.match(head):
+            side, role = m.group(1), m.group(2)
+            system.setdefault(role, _system_content(e.body))
+            roles[side] = role
+            if "Assistant" in roles and "User" in roles:
+                chat = _Chat(assistant=roles["Assistant"], user=roles["User"],
+                             phase_prompt=AGENTTECH_READS.get(phase, ""))
+        elif m := _AT_OPENING.match(head):
+            opening = "\n".join(e.body).strip()
+        elif head == "[OpenAI_Usage_Info]":
+            n = _numbers(e.body)
+            if "prompt_tokens" not in n or "completion_tokens" not in n:
+                raise WorkloadError("usage record without prompt_tokens/completion_tokens", file=str(log),
+                                    record=pid, field="OpenAI_Usage_Info")
+            if n["prompt_tokens"] < 0 or n["completion_tokens"] < 0:
+                raise WorkloadError("impossible value: negative token count", file=str(log), record=pid,
+                                    field="prompt_tokens")
+            pending.append((n["prompt_tokens"], n["completion_tokens"]))
+        elif m := _AT_SPEAKER.match(head):
+            speaker = m.group(3)
+            if speaker not in b.agents:
+                background, role_text, task_text = system.get(speaker, ("", "", ""))
+                b.agent(speaker, [(f"chatdev:background:{key_of(background)}", count(background)),
+                                  (f"chatdev:role:{key_of(speaker, role_text)}", count(role_text)),
+                                  (f"chatdev:{key_of(pid)}:task:{key_of(speaker)}", count(task_text))])
+            step = steps.get(phase, phase)
+            if has_usage:
+                # usage records the answer did not show (a reflection) are calls of the same speaker
+                records = pending or [(0, 0)]
+                pending = []
+            else:
+                records = [(_counted_prompt(b, chat, speaker, opening, count), count("\n".join(e.body).strip()))]
+            for prompt, completion in records:
+                segments = _segments(b, chat, speaker, prompt, last_by_phase)
+                index = b.add(agent=speaker, segments=segments, output_tokens=completion, step=step,
+                              start_s=round(e.ts - t0, 3))
+                last_by_phase[phase] = index
+                if chat is not None and speaker in (chat.assistant, chat.user):
+                    chat.calls.append(index)
+    if pending:
+        raise Skip(f"{len(pending)} usage records have no speaker line after them")
+    program = b.build(arrival_s=0.0)
+    if formats is not None:
+        formats[pid] = "agenttech-usage" if has_usage else "agenttech-counted"
+    return program
+
+
+def _format_notes(formats: dict[str, str], tokenizer: str) -> list[str]:
+    """What the header says about runs in the older log format."""
+    usage = sorted(r for r, f in formats.items() if f == "agenttech-usage")
+    counted = sorted(r for r, f in formats.items() if f == "agenttech-counted")
+    out = []
+    if usage:
+        out.append(f"older AgentTech-format logs ({', '.join(usage)}): totals from their [OpenAI_Usage_Info] "
+                   "records, phases named by PhaseType, no send times (no latencies)")
+    if counted:
+        out.append(f"logs without usage records ({', '.join(counted)}): prompt and output tokens counted from "
+                   f"the logged text with {tokenizer}; a prompt is its agent's system prompt and the phase's "
+                   "opening message on its first turn, else its previous prompt and answer and the other agent's "
+                   "latest answer")
+    return out
+
+
+def _counted_prompt(b: ProgramBuilder, chat: _Chat | None, speaker: str, opening: str, count: TokenCounter) -> int:
+    """A prompt's size from the logged text, for a run without usage records."""
+    in_chat = chat is not None and speaker in (chat.assistant, chat.user)
+    mine = [i for i in (chat.calls if in_chat else []) if b.calls[i].agent == speaker]
+    others = [i for i in (chat.calls if in_chat else []) if b.calls[i].agent != speaker
+              and (not mine or i > mine[-1])]
+    reply = b.calls[others[-1]].output_tokens if others else 0
+    if mine:
+        return b.full_tokens(mine[-1]) + reply
+    return b.agents[speaker].system_prompt_tokens + (count(opening) if not others else 0) + reply
+
+
 def _segments(b: ProgramBuilder, chat: _Chat | None, speaker: str, prompt: int,
               last_by_phase: dict[str, int]) -> list[tuple[SegmentKind, int, int | None]]:
     left = prompt
@@ -247,10 +399,11 @@ def convert(inputs: list[Path], *, seed: int = 0, tokenizer: TokenCounter | None
                           for p in inputs], ("run.log",))
     report = ConversionReport(source="chatdev")
     programs: list[Program] = []
+    formats: dict[str, str] = {}
     for log in progress(logs, "chatdev"):
         report.num_read += 1
         try:
-            programs.append(convert_run(log, count=count))
+            programs.append(convert_run(log, count=count, formats=formats))
         except Skip as e:
             report.skip(log.parent.name, e.reason)
     report.num_converted = len(programs)
@@ -263,5 +416,8 @@ def convert(inputs: list[Path], *, seed: int = 0, tokenizer: TokenCounter | None
                          notes=["prompt totals and outputs from provider usage; their split into system / "
                                 "history / output_of / new from the tokenizer, new text is the remainder",
                                 "run_software durations and latencies from the log's 1 s timestamps",
-                                "runs were recorded months apart: every program arrives at 0"])
+                                "runs were recorded months apart: every program arrives at 0",
+                                *_format_notes(formats, count.name)])
+    for note in _format_notes(formats, count.name):
+        report.notes.append(note)
     return ConversionResult(header=header, programs=programs, report=report)
