@@ -124,9 +124,11 @@ def _binned(t, y, bins: int = 400, how: str = "mean"):
 
 
 def plots(results: dict[str, dict[str, Any]], series: dict[str, dict[str, list]], out_dir: str | Path,
-          title: str, baseline: str = "lru") -> list[Path]:
+          title: str, baseline: str | None = None) -> list[Path]:
     """PNG files: JCT CDF; GPU hit rate and pinned memory over time; per-policy bars with values
-    and the ratio to the baseline; TTFT and JCT p50/p95/p99 per policy."""
+    and the ratio to the baseline (default: `sglang`, else `lru`); TTFT and JCT p50/p95/p99 per policy."""
+    if baseline is None:
+        baseline = "sglang" if "sglang" in results else "lru"
     import matplotlib
 
     matplotlib.use("Agg")
