@@ -219,7 +219,7 @@ def test_the_control_route_refuses_a_malformed_envelope_and_dispatches_a_good_on
     app = Starlette()  # FastAPI, SGLang's app class, is a Starlette
     plugin.add_routes(app)
     plugin.add_routes(app)
-    assert [r.path for r in app.routes] == [plugin.CONTROL_ROUTE]
+    assert [r.path for r in app.routes] == [plugin.CONTROL_ROUTE, plugin.INFO_ROUTE]
 
 
 def test_every_hook_target_is_a_method_of_sglang_0_5_23(plugin):
