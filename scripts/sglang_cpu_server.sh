@@ -25,7 +25,9 @@
 #             server's PYTHONPATH; every function in them raises if called, and with the flags
 #             below none is (CUDA kernels, torchvision transforms)
 # Flags that keep the server off CUDA-only code: --device cpu, --attention-backend torch_native
-# (CUDA graphs are then disabled by SGLang itself), --sampling-backend pytorch. Small defaults
+# (CUDA graphs are then disabled by SGLang itself), --sampling-backend pytorch. --sleep-on-idle:
+# an idle scheduler otherwise busy-polls its sockets (~30-50% of a core on this machine); with it,
+# it wakes at least once a second, so a pin's TTL may end up to 1 s late. Small defaults
 # (context 512, a 640-token KV pool) so that eviction happens after a few short prompts.
 set -euo pipefail
 
@@ -73,7 +75,7 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 FLAGS=(--model-path "$MODEL" --host 127.0.0.1 --port "$PORT" --device cpu
        --attention-backend torch_native --sampling-backend pytorch
        --context-length 512 --max-total-tokens 640 --chunked-prefill-size 512
-       --log-level info --skip-server-warmup)
+       --log-level info --skip-server-warmup --sleep-on-idle)
 if [[ "$PLUGIN" == 1 ]]; then
     export SGLANG_PLUGINS=agentflow
     FLAGS+=(--radix-cache-backend agentflow --radix-eviction-policy workflow)

@@ -204,3 +204,18 @@ def test_the_programs_next_call_ends_its_pin_on_the_server(af_cache):
     assert held == after_other == [(held[0][0], "7")]
     assert cache.pins == {} and cache.released[-1].reason == "next_call"
     assert again.cached_tokens == len(PROMPT)
+
+
+def test_token_ids_outside_the_servers_vocabulary_are_never_sent(af_cache):
+    """SGLang crashes on an id its embedding cannot index: the engine asks the server's vocabulary
+    (GET /agentflow/info) before its first request and refuses such a prompt, naming the field."""
+
+    async def test(server, engine):
+        assert engine.vocab_size is None
+        with pytest.raises(EngineError, match=r"prompt_ids of call c1 hold token id 64, outside .*\[0, 64\)"):
+            await _run(engine, _request("c1", prompt=SYS + (64,)))
+        assert engine.vocab_size == 64 and server.generate_bodies == []
+        _, result = await _run(engine, _request("c2", prompt=SYS + (63,)))
+        assert len(server.generate_bodies) == 1 and result.prompt_tokens == len(SYS) + 1
+
+    _serve(af_cache, test, vocab_size=64)
