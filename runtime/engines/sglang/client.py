@@ -328,7 +328,11 @@ class SGLangEngine:
         """The last /v1/loads snapshot (refresh_load() fetches one) plus what this client knows:
         calls it has in flight, and the tokens of pins it asked for that have not expired (an
         upper bound: the server refuses pins over its cap and counts a shared prefix once).
-        /v1/loads reports no host tier, so host_capacity_tokens stays 0."""
+        /v1/loads reports no host tier, so host_capacity_tokens stays 0. Before any snapshot
+        (a worker registering its engine: it needs the pool's size), this one call fetches one
+        synchronously; every later call returns at once."""
+        if not self._load and not self._closed:
+            self._load_sync()
         now = self._clock()
         self._pins = {k: v for k, v in self._pins.items() if v[0] > now}
         d = self._load
@@ -338,6 +342,15 @@ class SGLangEngine:
                           kv_used_tokens=int(d.get("num_used_tokens", 0)),
                           queue_depth=max(waiting, self._inflight - running),
                           running=running, pinned_tokens=sum(t for _, t in self._pins.values()))
+
+    def _load_sync(self) -> None:
+        try:
+            r = httpx.get(self.base_url + "/v1/loads", timeout=min(10.0, self._sync_timeout_s))
+            if r.status_code == 200:
+                loads = r.json().get("loads") or []
+                self._load = loads[0] if len(loads) == 1 else _sum_loads(loads)
+        except (httpx.HTTPError, ValueError):
+            pass  # unknown until refresh_load() succeeds
 
     async def flush_cache(self) -> bool:
         """SGLang's POST /flush_cache: empty the radix cache (and the plugin's pins and keys with

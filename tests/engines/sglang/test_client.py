@@ -125,12 +125,14 @@ def test_a_decision_pins_and_prioritizes_on_the_server_and_a_finished_calls_key_
 
 def test_load_reads_the_servers_load_endpoint(af_cache):
     async def test(server, engine):
-        before = engine.load()
+        # The first load() fetches a snapshot synchronously (a worker registers with the pool's
+        # size); from a thread here, as this loopback server shares the test's event loop.
+        before = await asyncio.to_thread(engine.load)
         await _run(engine, _request("c1"))  # refreshes the snapshot when it ends
         return before, engine.load()
 
     before, after = _serve(af_cache, test)
-    assert (before.kv_capacity_tokens, before.kv_used_tokens) == (0, 0)  # nothing fetched yet
+    assert (before.kv_capacity_tokens, before.kv_used_tokens) == (256, 0)  # known before any call
     assert (after.kv_capacity_tokens, after.kv_used_tokens, after.running, after.queue_depth) == (256, 14, 0, 0)
 
 
