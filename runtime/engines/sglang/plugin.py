@@ -22,13 +22,13 @@ here. Nothing in SGLang is forked or edited; everything goes through its extensi
     HookRegistry, AROUND SchedulerRequestReceiver._pull_raw_reqs
                                                     entry rank: put a Tick (its clock) first in
                                                     what it broadcasts to the TP ranks
-    HookRegistry, AFTER TokenizerManager.__init__   HTTP process: POST /agentflow/control
-
     HookRegistry, AROUND SchedulerRequestReceiver._split_work_and_control_reqs
                                                     DP attention: keep our messages in order
                                                     with the requests (see below)
-    http_server.generate_contract_error (wrapped    HTTP process: a /generate whose kv_hints
-      once the TokenizerManager exists)             carry a malformed agentflow action gets 400
+    HookRegistry, AFTER TokenizerManager.__init__   HTTP process: POST /agentflow/control,
+                                                    GET /agentflow/info (vocab size), and ...
+    http_server.generate_contract_error (wrapped    ... a /generate whose kv_hints carry a
+      by that hook, once)                           malformed agentflow action gets 400
 
 Both hint paths end in `control.apply_actions` on every TP rank, in broadcast order; see
 control.py for the diagram and why the clock is broadcast.
