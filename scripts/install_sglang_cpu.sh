@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Install SGLang 0.5.23's Python code into VENV_DIR on a CPU-only machine, for the conformance
-# suite (tests/engines/test_sglang_conformance.py), as ../shared/notes/sglang-0.5.23.md says:
+# suite (tests/engines/test_sglang_conformance.py) and for a real SGLang server on CPU
+# (scripts/sglang_cpu_server.sh, tests/engines/sglang/test_server.py), as
+# ../shared/notes/sglang-0.5.23.md and ../shared/notes/sglang-cpu-server.md say:
 #   * sglang itself with --no-deps: its own metadata pins torch 2.14.1 and pulls several GB of CUDA
 #     packages, none of which the radix tree needs;
 #   * the CPU build of torch 2.13.0 (constraints-cpu.txt; never a CUDA torch) and the short list of
@@ -8,7 +10,11 @@
 #   * triton 3.7.1 (the release paired with torch 2.13): `sglang.srt.utils.common` imports it at
 #     module level and hundreds of modules decorate kernels with `@triton.jit` at import time, so
 #     the real wheel (~0.6 GB, it imports fine without a GPU) is safer than a stub.
-# torchvision (no CPU wheel) is stubbed by tests/engines/_sglang_shims.py instead of installed.
+#   * the server's own pure-Python packages (SERVER below: HTTP app, grammar backend, hashing, ...),
+#     pinned where SGLang pins them; none pulls CUDA.
+# GPU-only modules are not installed but stood in for: torchvision (no CPU wheel) in-process by
+# tests/engines/_sglang_shims.py, and for the server torchvision and sgl_kernel by the import-only
+# packages in scripts/sglang_cpu/standins/ (each documents what it fakes and why).
 # Idempotent: does nothing when everything is already there at the pinned versions.
 # Usage: scripts/install_sglang_cpu.sh VENV_DIR        (e.g. .venv)
 set -euo pipefail
@@ -23,6 +29,10 @@ PINNED=(torch==2.13.0 transformers==5.19.0 sentencepiece==0.2.1 compressed-tenso
         apache-tvm-ffi==0.1.11 openai==2.8.0 triton==3.7.1)
 UNPINNED=(numpy msgspec pydantic orjson psutil pybase64 requests packaging pillow starlette pyzmq
           tqdm IPython aiohttp dill gguf partial_json_parser)
+# What `python -m sglang.launch_server` imports beyond the cache classes (measured: each one was
+# an ImportError on the way to "The server is fired up and ready to roll!").
+SERVER=(xgrammar==0.2.7 soundfile==0.13.1 annotated-doc easydict einops fastapi interegular
+        prometheus-client python-multipart setproctitle uvicorn uvloop xxhash zstandard)
 SGLANG=sglang==0.5.23
 
 LOG=$(mktemp)
@@ -50,10 +60,11 @@ assert torch.version.cuda is None, f"a CUDA torch ({torch.__version__}) is insta
 from tests.engines._sglang_shims import import_sglang
 sg = import_sglang()
 sg.radix_cache.RadixCache, sg.unified_radix_cache.UnifiedRadixCache
+import fastapi, uvicorn, uvloop, xgrammar, setproctitle  # the server
 ') >"$LOG" 2>&1
 }
 
-if installed "$SGLANG" "${PINNED[@]}" "${UNPINNED[@]}" && verify; then
+if installed "$SGLANG" "${PINNED[@]}" "${UNPINNED[@]}" "${SERVER[@]}" && verify; then
     echo "install_sglang_cpu.sh: $SGLANG already installed in $VENV"
     exit 0
 fi
@@ -66,7 +77,7 @@ pip_install() {  # quiet; pip's output is shown only when it fails
         exit 1
     fi
 }
-pip_install -c "$ROOT/constraints-cpu.txt" "${PINNED[@]}" "${UNPINNED[@]}"
+pip_install -c "$ROOT/constraints-cpu.txt" "${PINNED[@]}" "${UNPINNED[@]}" "${SERVER[@]}"
 pip_install --no-deps "$SGLANG"
 if ! verify; then
     tail -n 40 "$LOG" >&2

@@ -105,11 +105,15 @@ async def _in_process(setup, policy, programs, plan, progress, *, run_id):
         flush = getattr(e, "flush_cache", None)
         if flush is not None:
             await flush()
+    # Token ids are drawn below every engine's vocabulary (a real server's is asked from it): an
+    # id a model cannot embed crashes SGLang's scheduler.
+    vocab = [await e.fetch_vocab_size() if hasattr(e, "fetch_vocab_size") else getattr(e, "vocab_size", None)
+             for e in engines]
     client = InProcessClient(engines, policy=policy, time_scale=setup.time_scale)
     try:
         replay = LiveReplay(programs, plan, client, time_scale=setup.time_scale, num_in_flight=setup.concurrency,
                             seed=setup.seed, run_id=run_id, on_progress=progress,
-                            vocab_size=getattr(engines[0], "vocab_size", None) or DEFAULT_VOCAB_SIZE)
+                            vocab_size=min((v for v in vocab if v), default=DEFAULT_VOCAB_SIZE))
         return await replay.run()
     finally:
         await client.close()

@@ -60,14 +60,16 @@ _FINISH = {"length": "length", "stop": "stop", "abort": "cancelled"}
 class SGLangEngine:
     """One SGLang server. `name` is the worker name decisions use; `tokenizer` (a Hugging Face
     tokenizer of the served model) gives encode_chat/decode without a round trip; `vocab_size`
-    (default: the tokenizer's, else unset) bounds the token ids a replay may send."""
+    (default: the server's, fetched before the first request) bounds the token ids it sends."""
 
     def __init__(self, base_url: str, *, name: str = "sglang", tokenizer: Any = None, vocab_size: int | None = None,
                  timeout_s: float = 600.0, transport: httpx.AsyncBaseTransport | None = None,
                  max_known_keys: int = 65_536, clock: Callable[[], float] = time.monotonic) -> None:
         self.name = name
-        if vocab_size is not None or tokenizer is not None:  # replays draw token ids below it
-            self.vocab_size = vocab_size if vocab_size is not None else len(tokenizer)
+        # Token ids the server can embed are below it; one at or above it crashes SGLang's
+        # scheduler (IndexError in the embedding), so none is ever sent. None: asked from the
+        # server before the first request (fetch_vocab_size).
+        self.vocab_size: int | None = vocab_size
         self.base_url = base_url.rstrip("/")
         self.tokenizer = tokenizer
         self._client = httpx.AsyncClient(base_url=self.base_url, timeout=timeout_s, transport=transport)
@@ -102,6 +104,40 @@ class SGLangEngine:
         r.raise_for_status()
         return r.json()["text"]
 
+    # ---- the served model's vocabulary ----
+
+    async def fetch_vocab_size(self) -> int:
+        """The served model's vocabulary size (its embedding's rows), from the server: the plugin's
+        GET /agentflow/info, else (stock SGLang) the `vocab_size` in the config.json of the model
+        folder that GET /model_info names, when that folder is on this machine. EngineError when
+        neither answers: pass SGLangEngine(vocab_size=...)."""
+        if self.vocab_size is not None:
+            return self.vocab_size
+        try:
+            r = await self._client.get("/agentflow/info")
+            if r.status_code == 200 and isinstance(r.json().get("vocab_size"), int):
+                self.vocab_size = r.json()["vocab_size"]
+                return self.vocab_size
+            r = await self._client.get("/model_info")
+            folder = r.json().get("model_path") if r.status_code == 200 else None
+        except (httpx.HTTPError, ValueError) as exc:
+            raise EngineError(f"engine {self.name}: cannot ask {self.base_url} for its vocabulary size "
+                              f"({type(exc).__name__}: {exc}); pass SGLangEngine(vocab_size=...)") from exc
+        size = _config_vocab_size(folder) if isinstance(folder, str) else None
+        if size is None:
+            raise EngineError(f"engine {self.name}: {self.base_url} tells no vocabulary size (no /agentflow/info, "
+                              f"model {folder!r} not readable here); pass SGLangEngine(vocab_size=...)")
+        self.vocab_size = size
+        return size
+
+    def _check_ids(self, request: GenerateRequest) -> None:
+        vocab = self.vocab_size
+        assert vocab is not None
+        bad = next((t for t in request.prompt_ids if not 0 <= t < vocab), None)
+        if bad is not None:
+            raise EngineError(f"engine {self.name}: prompt_ids of call {request.call_id} hold token id {bad}, "
+                              f"outside the served model's vocabulary [0, {vocab}); not sent (SGLang would crash)")
+
     # ---- generate ----
 
     def _remember(self, table: OrderedDict, key: str, value) -> None:
@@ -133,6 +169,9 @@ class SGLangEngine:
         # other than as a prefix (as for Decision.reuse)
         if self._closed:
             raise EngineError(f"engine {self.name} is closed")
+        if self.vocab_size is None:
+            await self.fetch_vocab_size()
+        self._check_ids(request)
         rid = f"af-{request.call_id}-{next(self._ids)}"
         body = self.request_body(request, rid)
         for p in request.prefixes:
@@ -289,7 +328,11 @@ class SGLangEngine:
         """The last /v1/loads snapshot (refresh_load() fetches one) plus what this client knows:
         calls it has in flight, and the tokens of pins it asked for that have not expired (an
         upper bound: the server refuses pins over its cap and counts a shared prefix once).
-        /v1/loads reports no host tier, so host_capacity_tokens stays 0."""
+        /v1/loads reports no host tier, so host_capacity_tokens stays 0. Before any snapshot
+        (a worker registering its engine: it needs the pool's size), this one call fetches one
+        synchronously; every later call returns at once."""
+        if not self._load and not self._closed:
+            self._load_sync()
         now = self._clock()
         self._pins = {k: v for k, v in self._pins.items() if v[0] > now}
         d = self._load
@@ -299,6 +342,15 @@ class SGLangEngine:
                           kv_used_tokens=int(d.get("num_used_tokens", 0)),
                           queue_depth=max(waiting, self._inflight - running),
                           running=running, pinned_tokens=sum(t for _, t in self._pins.values()))
+
+    def _load_sync(self) -> None:
+        try:
+            r = httpx.get(self.base_url + "/v1/loads", timeout=min(10.0, self._sync_timeout_s))
+            if r.status_code == 200:
+                loads = r.json().get("loads") or []
+                self._load = loads[0] if len(loads) == 1 else _sum_loads(loads)
+        except (httpx.HTTPError, ValueError):
+            pass  # unknown until refresh_load() succeeds
 
     async def flush_cache(self) -> bool:
         """SGLang's POST /flush_cache: empty the radix cache (and the plugin's pins and keys with
@@ -329,6 +381,19 @@ async def _sse_events(response: httpx.Response) -> AsyncIterator[dict]:
         if payload == "[DONE]":
             return
         yield json.loads(payload)
+
+
+def _config_vocab_size(folder: str) -> int | None:
+    from pathlib import Path
+
+    try:
+        config = json.loads((Path(folder) / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    for c in (config, config.get("text_config") or {}):
+        if isinstance(c.get("vocab_size"), int):
+            return c["vocab_size"]
+    return None
 
 
 def _sum_loads(loads: list[dict]) -> dict:

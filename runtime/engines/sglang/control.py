@@ -52,12 +52,17 @@ class ControlError(ValueError):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class DeclarePrefix:
-    """`key` is the first `num_tokens` tokens of the request it rides with (or of `token_ids`)."""
+    """`key` is the first `num_tokens` tokens of the request it rides with (or of `token_ids`).
+
+    The key is namespaced the way SGLang namespaces the request's own radix key: `namespace` is
+    its `extra_key`, `cache_salt` its `cache_salt` (None on a declaration that rides a request:
+    the request's own salt is taken)."""
 
     key: str
     namespace: str
     num_tokens: int
     token_ids: tuple[int, ...] | None = None  # None: take them from the carrying request
+    cache_salt: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -102,7 +107,8 @@ _CLASS_OF = {v: k for k, v in _TYPE_OF.items()}
 class ControlTarget(Protocol):
     """What a rank's cache offers the control path (pins.AgentflowRadixCache implements it)."""
 
-    def declare_prefix(self, key: str, namespace: str, token_ids: Sequence[int]) -> None: ...
+    def declare_prefix(self, key: str, namespace: str, token_ids: Sequence[int],
+                       cache_salt: str | None = None) -> None: ...
     def set_priority(self, key: str, priority: int) -> None: ...
     def pin(self, key: str, program_id: str, ttl_s: float) -> bool: ...
     def unpin(self, key: str | None, program_id: str | None, reason: str) -> int: ...
@@ -117,6 +123,8 @@ def _payload(action: Action) -> dict[str, Any]:
         out: dict[str, Any] = {"key": action.key, "namespace": action.namespace, "num_tokens": action.num_tokens}
         if action.token_ids is not None:
             out["token_ids"] = list(action.token_ids)
+        if action.cache_salt is not None:
+            out["cache_salt"] = action.cache_salt
         return out
     if isinstance(action, SetPriority):
         return {"key": action.key, "priority": action.priority}
@@ -162,7 +170,8 @@ def _parse_action(raw: Any, where: str) -> Action | None:
         if n <= 0 or (ids is not None and (len(ids) != n or not all(type(t) is int for t in ids))):
             raise ControlError(f"{where}: declare needs num_tokens > 0 and, if given, exactly that many int token_ids")
         return DeclarePrefix(key=_field(p, "key", str, where), namespace=_field(p, "namespace", str, where),
-                             num_tokens=n, token_ids=None if ids is None else tuple(ids))
+                             num_tokens=n, token_ids=None if ids is None else tuple(ids),
+                             cache_salt=_field(p, "cache_salt", str, where, optional=True) or None)
     if cls is SetPriority:
         return SetPriority(key=_field(p, "key", str, where), priority=_field(p, "priority", int, where))
     if cls is PinPrefix:
@@ -210,16 +219,18 @@ def parse_envelope(envelope: Any) -> list[Action]:
 # ---- application on one rank ----
 
 def apply_actions(target: ControlTarget, actions: Iterable[Action], *,
-                  request_token_ids: Sequence[int] | None = None) -> None:
-    """Apply actions in order. A declaration without token ids takes them from the carrying request;
-    a declaration that needs them and has none is skipped (as an unknown key would be)."""
+                  request_token_ids: Sequence[int] | None = None, request_cache_salt: str | None = None) -> None:
+    """Apply actions in order. A declaration without token ids takes them, and its cache salt,
+    from the carrying request; a declaration that needs them and has none is skipped (as an
+    unknown key would be)."""
     for a in actions:
         if isinstance(a, DeclarePrefix):
             ids = a.token_ids if a.token_ids is not None else (
                 None if request_token_ids is None or len(request_token_ids) < a.num_tokens
                 else request_token_ids[: a.num_tokens])
+            salt = a.cache_salt if a.cache_salt is not None or a.token_ids is not None else request_cache_salt
             if ids is not None:
-                target.declare_prefix(a.key, a.namespace, ids)
+                target.declare_prefix(a.key, a.namespace, ids, salt or None)
         elif isinstance(a, SetPriority):
             target.set_priority(a.key, a.priority)
         elif isinstance(a, PinPrefix):

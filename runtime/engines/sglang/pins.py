@@ -108,8 +108,16 @@ class AgentflowRadixCache(UnifiedRadixCache):
         self.now_s = max(self.now_s, now_s)
         self.reap()
 
-    def declare_prefix(self, key: str, namespace: str, token_ids: Sequence[int]) -> None:
-        self.keys[key] = RadixKey(array("q", token_ids), extra_key=namespace)
+    def radix_key(self, token_ids: Sequence[int], namespace: str | None, cache_salt: str | None = None) -> RadixKey:
+        """The key SGLang itself builds for a request with these tokens (cache_finished_req,
+        cache_unfinished_req): raw token ids, the request's extra_key and cache_salt, and bigram
+        mode when the tree runs EAGLE (`tree_core.is_eagle`). A key built any other way names a
+        different path, and hints on it silently do nothing."""
+        return RadixKey(array("q", token_ids), namespace or None, is_bigram=bool(self.tree_core.is_eagle),
+                        cache_salt=cache_salt or None)
+
+    def declare_prefix(self, key: str, namespace: str, token_ids: Sequence[int], cache_salt: str | None = None) -> None:
+        self.keys[key] = self.radix_key(token_ids, namespace, cache_salt)
         self.keys.move_to_end(key)
         if key in self.key_priority:
             self._dirty = True

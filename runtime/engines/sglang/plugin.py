@@ -22,12 +22,34 @@ here. Nothing in SGLang is forked or edited; everything goes through its extensi
     HookRegistry, AROUND SchedulerRequestReceiver._pull_raw_reqs
                                                     entry rank: put a Tick (its clock) first in
                                                     what it broadcasts to the TP ranks
-    HookRegistry, AFTER TokenizerManager.__init__   HTTP process: POST /agentflow/control
+    HookRegistry, AROUND SchedulerRequestReceiver._split_work_and_control_reqs
+                                                    DP attention: keep our messages in order
+                                                    with the requests (see below)
+    HookRegistry, AFTER TokenizerManager.__init__   HTTP process: POST /agentflow/control,
+                                                    GET /agentflow/info (vocab size), and ...
+    http_server.generate_contract_error (wrapped    ... a /generate whose kv_hints carry a
+      by that hook, once)                           malformed agentflow action gets 400
 
 Both hint paths end in `control.apply_actions` on every TP rank, in broadcast order; see
-control.py for the diagram and why the clock is broadcast. Data parallelism (--dp-size > 1) routes
-requests through a controller that does not know AgentflowControlReq: the control route then
-reaches no scheduler, so use one server per DP rank (agentflow routes between workers itself).
+control.py for the diagram and why the clock is broadcast.
+
+Data parallelism (--dp-size > 1): the DP controller dispatches requests to one DP rank each and
+sends every message type it does not know (AgentflowControlReq among them) to *every* DP rank
+(its dispatcher's fallback, `send_control_message`). A control message therefore reaches every
+DP rank's tree; keys a rank never saw are ignored there. With DP attention
+(--enable-dp-attention), each DP group's entry rank splits what it pulled into "work" (requests)
+and "control" (everything else) and puts control *after* work, so a pin sent before a request
+would apply after it, and the Tick that stamps a batch's clock would come after the requests it
+stamps; and control goes out from global rank 0 over the whole TP group, so other groups' Ticks
+would be lost. The AROUND hook on `_split_work_and_control_reqs` keeps AgentflowControlReq in the
+work list at its arrival position: each DP group broadcasts its own copy, in arrival order, with
+its own Tick, to its own ranks (which share one tree).
+
+A failed load is loud: if register() fails, the plugin still claims its names (`workflow`,
+`agentflow`) with factories that raise `PluginLoadError` naming the original error, so a server
+started with `--radix-eviction-policy workflow` or `--radix-cache-backend agentflow` refuses to
+start with that message instead of silently serving stock SGLang (SGLang's loader itself only
+logs a plugin's exception and goes on).
 
 Environment: AGENTFLOW_MAX_PINNED_TOKENS caps pinned tokens per rank (default: half the KV pool).
 """
@@ -56,6 +78,7 @@ logger = logging.getLogger(__name__)
 POLICY_NAME = "workflow"
 BACKEND_NAME = "agentflow"
 CONTROL_ROUTE = "/agentflow/control"
+INFO_ROUTE = "/agentflow/info"
 
 
 class AgentflowControlReq(BaseReq, kw_only=True):
@@ -71,24 +94,84 @@ _local_cache = None
 _clock: Callable[[], float] = time.monotonic
 
 
+class PluginLoadError(RuntimeError):
+    """The plugin could not register itself in this SGLang: its policy and backend refuse to run."""
+
+
+# The error register() met in this process, if any (the refusing factories raise it again).
+load_error: str | None = None
+
+
 def register() -> None:
-    """The entry point. Idempotent: a second call (tests, re-imports) changes nothing."""
-    _register_policy()
-    _register_backend()
-    _register_message_type()
-    _register_hooks()
+    """The entry point. Idempotent: a second call (tests, re-imports) changes nothing.
+
+    On failure: log it, claim the plugin's names with factories that refuse (naming the error),
+    and re-raise (SGLang's loader logs it once more and goes on without us)."""
+    global load_error
+    try:
+        _register_policy()
+        _register_backend()
+        _register_message_type()
+        _register_hooks()
+        load_error = None
+    except Exception as exc:
+        load_error = f"{type(exc).__name__}: {exc}"
+        logger.error("agentflow plugin failed to load (%s): the '%s' eviction policy and the '%s' radix-cache "
+                     "backend will refuse to start", load_error, POLICY_NAME, BACKEND_NAME)
+        _register_refusal(load_error)
+        raise
 
 
-def _register_policy() -> None:
+def _refuse(error: str) -> Callable:
+    def factory(*args, **kwargs):
+        raise PluginLoadError(f"agentflow plugin failed to load: {error}. Start the server without "
+                              f"--radix-eviction-policy {POLICY_NAME} / --radix-cache-backend {BACKEND_NAME}, "
+                              "or fix the plugin's environment (docs/sglang.md)")
+    return factory
+
+
+def _register_refusal(error: str) -> None:
+    """Best effort: whatever of SGLang's registries still works gets a refusing entry (a backend
+    registered before the failure is `make_cache`, which refuses by itself once load_error is set)."""
+    for step in (lambda: _add_policy(_refuse(error)), lambda: _add_backend(_refuse(error))):
+        try:
+            step()
+        except Exception as exc:  # that registry is what broke: SGLang's CLI will reject the name
+            logger.error("agentflow plugin: could not register a refusal either: %s: %s", type(exc).__name__, exc)
+
+
+def eviction_policy_factories() -> dict:
+    """SGLang's private eviction-policy registry, `mem_cache.utils._EVICTION_POLICY_FACTORIES`.
+
+    The only place the plugin touches it. SGLang 0.5.23 has no public way to add a policy: the
+    dict maps a policy name to a factory called as `factory(**config)` by `get_eviction_strategy`.
+    This checks that shape (a dict holding SGLang's own `lru` and `priority` factories) and raises
+    PluginLoadError when a newer SGLang changed it, instead of writing into something else;
+    tests/engines/sglang/test_plugin.py pins the same contract."""
+    from sglang.srt.mem_cache import utils
+
+    registry = getattr(utils, "_EVICTION_POLICY_FACTORIES", None)
+    if not isinstance(registry, dict) or not {"lru", "priority"} <= registry.keys() \
+            or not all(callable(f) for f in registry.values()) or not callable(getattr(utils, "get_eviction_strategy", None)):
+        raise PluginLoadError("sglang.srt.mem_cache.utils._EVICTION_POLICY_FACTORIES is not the dict of policy "
+                              f"factories SGLang 0.5.23 has (found {type(registry).__name__}): this SGLang "
+                              "changed its private eviction-policy registry; update plugin.eviction_policy_factories")
+    return registry
+
+
+def _add_policy(factory: Callable) -> None:
     from sglang.srt.arg_groups.choices import (
         RADIX_EVICTION_POLICY_CHOICES,
         add_radix_eviction_policy_choices,
     )
-    from sglang.srt.mem_cache import utils
 
-    utils._EVICTION_POLICY_FACTORIES[POLICY_NAME] = WorkflowStrategy
+    eviction_policy_factories()[POLICY_NAME] = factory
     if POLICY_NAME not in RADIX_EVICTION_POLICY_CHOICES:
         add_radix_eviction_policy_choices([POLICY_NAME])
+
+
+def _register_policy() -> None:
+    _add_policy(WorkflowStrategy)
 
 
 def make_cache(ctx):
@@ -98,6 +181,8 @@ def make_cache(ctx):
     from sglang.srt.mem_cache.registry import create_unified_radix_cache
 
     global _local_cache
+    if load_error is not None:
+        _refuse(load_error)()
     ctx.params.tree_core_backend = "python"
     cap = os.environ.get("AGENTFLOW_MAX_PINNED_TOKENS")
     cls = functools.partial(AgentflowRadixCache, max_pinned_tokens=int(cap) if cap else None)
@@ -105,14 +190,15 @@ def make_cache(ctx):
     return _local_cache
 
 
-def _register_backend() -> None:
-    from sglang.srt.mem_cache.registry import (
-        get_radix_cache_factory,
-        register_radix_cache_backend,
-    )
+def _add_backend(factory: Callable) -> None:
+    from sglang.srt.mem_cache import registry
 
-    if get_radix_cache_factory(BACKEND_NAME) is None:
-        register_radix_cache_backend(BACKEND_NAME, make_cache)
+    if registry.get_radix_cache_factory(BACKEND_NAME) is None:
+        registry.register_radix_cache_backend(BACKEND_NAME, factory)
+
+
+def _register_backend() -> None:
+    _add_backend(make_cache)
 
 
 def _register_message_type() -> None:
@@ -171,7 +257,8 @@ def _before_handle_generate_request(scheduler, recv_req, *args, **kwargs):
     cache = _agentflow_cache(scheduler)
     if cache is not None:
         actions = [a for a in _request_actions(recv_req) if not isinstance(a, ProgramCall)]
-        apply_actions(cache, actions, request_token_ids=recv_req.input_ids)
+        apply_actions(cache, actions, request_token_ids=recv_req.input_ids,
+                      request_cache_salt=getattr(recv_req, "cache_salt", None))
 
 
 def _after_commit_prefill_admission(result, adder, req, *args, **kwargs):
@@ -198,7 +285,44 @@ def _around_pull_raw_reqs(original, receiver, *args, **kwargs):
     return reqs
 
 
+def _around_split_work_and_control_reqs(original, receiver, recv_reqs, *args, **kwargs):
+    """DP attention only (SGLang calls the split only then): our messages ride the work list at
+    their arrival position, so they keep their order with requests and stay in this DP group."""
+    work, control = original(receiver, recv_reqs, *args, **kwargs)
+    if not any(isinstance(r, AgentflowControlReq) for r in control):
+        return work, control
+    ours_or_work = {id(r) for r in work} | {id(r) for r in control if isinstance(r, AgentflowControlReq)}
+    return ([r for r in recv_reqs if id(r) in ours_or_work],
+            [r for r in control if not isinstance(r, AgentflowControlReq)])
+
+
 # ---- HTTP side ----
+
+def kv_hints_error(body) -> str | None:
+    """What is wrong with a /generate body's agentflow actions in `kv_hints` (None: nothing).
+    Other consumers' actions are not judged here; SGLang's own contract check runs first."""
+    if not isinstance(body, dict) or not body.get("kv_hints"):
+        return None
+    hints = body["kv_hints"]
+    for i, one in enumerate(hints if isinstance(hints, list) else [hints]):
+        try:
+            parse_envelope(one)
+        except ControlError as exc:
+            return f"kv_hints{f'[{i}]' if isinstance(hints, list) else ''}: {exc}"
+    return None
+
+
+def _with_hints_check(contract_error: Callable) -> Callable:
+    if getattr(contract_error, "_agentflow", False):
+        return contract_error
+
+    def checked(body):
+        return contract_error(body) or kv_hints_error(body)
+
+    checked._agentflow = True
+    return checked
+
+
 
 async def accept_control(body: bytes, dispatch: Callable[[AgentflowControlReq], Awaitable[None]]) -> tuple[int, dict]:
     """The route's logic, apart from the web framework: validate the envelope (400 and nothing
@@ -223,15 +347,32 @@ async def control_route(request):
     return JSONResponse(status_code=status, content=content)
 
 
+async def info_route(request):
+    """GET /agentflow/info: what a client must know about the served model to talk to it safely
+    (token ids at or above `vocab_size` crash SGLang's embedding; clients never send them)."""
+    from sglang.srt.entrypoints.http_server import get_global_state
+    from starlette.responses import JSONResponse
+
+    manager = get_global_state().tokenizer_manager
+    return JSONResponse({"vocab_size": int(manager.model_config.vocab_size),
+                         "context_length": int(manager.model_config.context_len),
+                         "plugin": BACKEND_NAME, "policy": POLICY_NAME})
+
+
 def add_routes(app) -> None:
     if not any(getattr(r, "path", None) == CONTROL_ROUTE for r in app.routes):
         app.add_route(CONTROL_ROUTE, control_route, methods=["POST"])
+    if not any(getattr(r, "path", None) == INFO_ROUTE for r in app.routes):
+        app.add_route(INFO_ROUTE, info_route, methods=["GET"])
 
 
 def _after_tokenizer_manager_init(result, *args, **kwargs):
     http = sys.modules.get("sglang.srt.entrypoints.http_server")
     if http is not None:  # an offline Engine has a TokenizerManager but no HTTP app
         add_routes(http.app)
+        # /generate's schema gate, looked up by name at each request: malformed agentflow
+        # kv_hints get SGLang's own 400 {"error": ...} before the request is queued.
+        http.generate_contract_error = _with_hints_check(http.generate_contract_error)
 
 
 _HOOKS = (
@@ -241,6 +382,8 @@ _HOOKS = (
      "AFTER"),
     ("sglang.srt.managers.scheduler_components.request_receiver.SchedulerRequestReceiver._pull_raw_reqs",
      _around_pull_raw_reqs, "AROUND"),
+    ("sglang.srt.managers.scheduler_components.request_receiver.SchedulerRequestReceiver."
+     "_split_work_and_control_reqs", _around_split_work_and_control_reqs, "AROUND"),
     ("sglang.srt.managers.tokenizer_manager.TokenizerManager.__init__", _after_tokenizer_manager_init, "AFTER"),
 )
 
@@ -256,12 +399,17 @@ def _register_hooks() -> None:
 __all__ = [
     "BACKEND_NAME",
     "CONTROL_ROUTE",
+    "INFO_ROUTE",
     "POLICY_NAME",
     "AgentflowControlReq",
+    "PluginLoadError",
     "accept_control",
     "add_routes",
     "control_route",
+    "eviction_policy_factories",
     "handle_control",
+    "info_route",
+    "kv_hints_error",
     "make_cache",
     "register",
 ]

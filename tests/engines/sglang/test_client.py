@@ -125,12 +125,14 @@ def test_a_decision_pins_and_prioritizes_on_the_server_and_a_finished_calls_key_
 
 def test_load_reads_the_servers_load_endpoint(af_cache):
     async def test(server, engine):
-        before = engine.load()
+        # The first load() fetches a snapshot synchronously (a worker registers with the pool's
+        # size); from a thread here, as this loopback server shares the test's event loop.
+        before = await asyncio.to_thread(engine.load)
         await _run(engine, _request("c1"))  # refreshes the snapshot when it ends
         return before, engine.load()
 
     before, after = _serve(af_cache, test)
-    assert (before.kv_capacity_tokens, before.kv_used_tokens) == (0, 0)  # nothing fetched yet
+    assert (before.kv_capacity_tokens, before.kv_used_tokens) == (256, 0)  # known before any call
     assert (after.kv_capacity_tokens, after.kv_used_tokens, after.running, after.queue_depth) == (256, 14, 0, 0)
 
 
@@ -204,3 +206,18 @@ def test_the_programs_next_call_ends_its_pin_on_the_server(af_cache):
     assert held == after_other == [(held[0][0], "7")]
     assert cache.pins == {} and cache.released[-1].reason == "next_call"
     assert again.cached_tokens == len(PROMPT)
+
+
+def test_token_ids_outside_the_servers_vocabulary_are_never_sent(af_cache):
+    """SGLang crashes on an id its embedding cannot index: the engine asks the server's vocabulary
+    (GET /agentflow/info) before its first request and refuses such a prompt, naming the field."""
+
+    async def test(server, engine):
+        assert engine.vocab_size is None
+        with pytest.raises(EngineError, match=r"prompt_ids of call c1 hold token id 64, outside .*\[0, 64\)"):
+            await _run(engine, _request("c1", prompt=SYS + (64,)))
+        assert engine.vocab_size == 64 and server.generate_bodies == []
+        _, result = await _run(engine, _request("c2", prompt=SYS + (63,)))
+        assert len(server.generate_bodies) == 1 and result.prompt_tokens == len(SYS) + 1
+
+    _serve(af_cache, test, vocab_size=64)

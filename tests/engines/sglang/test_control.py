@@ -100,12 +100,30 @@ class Recorder:
 def test_actions_apply_in_order_and_a_declaration_takes_the_requests_tokens():
     r = Recorder()
     apply_actions(r, ALL, request_token_ids=(5, 6, 7, 8))
-    assert r.calls == [("declare_prefix", "k", "t", (1, 2, 3)), ("declare_prefix", "r", "t", (5, 6)),
+    assert r.calls == [("declare_prefix", "k", "t", (1, 2, 3), None), ("declare_prefix", "r", "t", (5, 6), None),
                        ("set_priority", "k", 999), ("pin", "k", "7", 2.5), ("unpin", None, "7", "pressure"),
                        ("prefetch", "k"), ("unpin", None, "7", "next_call")]
     r2 = Recorder()
     apply_actions(r2, [DeclarePrefix(key="r", namespace="t", num_tokens=9)], request_token_ids=(1, 2))
     assert r2.calls == []  # longer than the request: skipped like an unknown key
+
+
+def test_a_declaration_carries_the_cache_salt_sglang_puts_in_the_requests_key():
+    """SGLang namespaces a request's radix key by extra_key AND cache_salt: a declaration riding a
+    request takes the request's salt; one with its own tokens keeps its own (or none)."""
+    carried = DeclarePrefix(key="r", namespace="t", num_tokens=2)
+    own = DeclarePrefix(key="k", namespace="t", num_tokens=1, token_ids=(9,), cache_salt="s2")
+    bare = DeclarePrefix(key="b", namespace="t", num_tokens=1, token_ids=(9,))
+    r = Recorder()
+    apply_actions(r, [carried, own, bare], request_token_ids=(5, 6, 7), request_cache_salt="s1")
+    assert r.calls == [("declare_prefix", "r", "t", (5, 6), "s1"), ("declare_prefix", "k", "t", (9,), "s2"),
+                       ("declare_prefix", "b", "t", (9,), None)]
+    env = to_envelope([own, carried], message_id="m")
+    assert env["actions"][0]["payload"]["cache_salt"] == "s2" and "cache_salt" not in env["actions"][1]["payload"]
+    assert parse_envelope(env) == [own, carried]
+    env["actions"][0]["payload"]["cache_salt"] = 7
+    with pytest.raises(ControlError, match="'cache_salt'"):
+        parse_envelope(env)
 
 
 def test_a_decision_becomes_unpins_then_pins_priorities_prefetches_for_this_worker_only():

@@ -163,3 +163,27 @@ def test_a_node_split_off_a_prioritized_path_comes_down_with_it(af_cache):
     assert d.priorities()[(1, 2)] == 900
     c.set_priority("A", 0)
     assert set(d.priorities().values()) == {0}
+
+
+OTHER = (30, 31, 32, 33, 34, 35, 36)  # shares no token with A
+
+
+@pytest.mark.parametrize("is_eagle", [False, True])
+def test_declared_keys_match_sglangs_own_keys_under_eagle_and_a_cache_salt(af_cache, is_eagle):
+    """SGLang namespaces a request's radix key by extra_key and cache_salt, and under EAGLE stores
+    bigrams: a key built otherwise names no path, and its pin and priority silently do nothing."""
+    d = af_cache(pool_tokens=64, is_eagle=is_eagle)
+    c = d.cache
+    d.insert(A, salt="s1")
+    d.insert(OTHER)
+    c.declare_prefix("A", "t", A, cache_salt="s1")
+    c.declare_prefix("A-unsalted", "t", A)
+    c.declare_prefix("B", "t", OTHER)
+    length = len(A) - 1 if is_eagle else len(A)  # bigrams: one fewer than tokens
+    assert [len(c.key_path("A")), len(c.key_path("A-unsalted"))] == [1, 0]
+    assert c.pin("A", "p", 5.0) and not c.pin("A-unsalted", "p", 5.0)
+    assert c.pins[("A", "p")].num_tokens == length
+    c.set_priority("B", 900)
+    assert [n.priority for n in c.key_path("B")] == [900]
+    assert d.evict(64) == length  # A is pinned: only B can go
+    assert (d.match(A, salt="s1"), d.match(A), d.match(OTHER)) == (length, 0, 0)

@@ -219,7 +219,7 @@ def test_the_control_route_refuses_a_malformed_envelope_and_dispatches_a_good_on
     app = Starlette()  # FastAPI, SGLang's app class, is a Starlette
     plugin.add_routes(app)
     plugin.add_routes(app)
-    assert [r.path for r in app.routes] == [plugin.CONTROL_ROUTE]
+    assert [r.path for r in app.routes] == [plugin.CONTROL_ROUTE, plugin.INFO_ROUTE]
 
 
 def test_every_hook_target_is_a_method_of_sglang_0_5_23(plugin):
@@ -270,3 +270,74 @@ def test_the_real_receiver_hooked_by_sglangs_registry_puts_the_tick_before_what_
         assert [(m.envelope, m.tick_s) for m in pulled] == [(b"", 7.0), (b"{}", None)]
     finally:
         ctx.destroy(linger=0)
+
+
+def test_a_failed_registration_is_loud_the_policy_and_backend_refuse_naming_the_error(plugin, monkeypatch):
+    """SGLang's loader logs a plugin's exception and serves on without it; ours leaves refusing
+    factories behind, so `--radix-eviction-policy workflow` / `--radix-cache-backend agentflow`
+    stop the server with the original error instead of silently running stock SGLang."""
+    from sglang.srt.arg_groups.choices import RADIX_EVICTION_POLICY_CHOICES
+    from sglang.srt.mem_cache.registry import get_radix_cache_factory
+    from sglang.srt.mem_cache.utils import get_eviction_strategy
+
+    def broken():
+        raise AttributeError("HookRegistry has no attribute 'register'")
+
+    monkeypatch.setattr(plugin, "_register_hooks", broken)
+    with pytest.raises(AttributeError):
+        plugin.register()
+    try:
+        assert "workflow" in RADIX_EVICTION_POLICY_CHOICES  # the CLI parses it, so the refusal is what it meets
+        for build in (lambda: get_eviction_strategy("workflow", {}),
+                      lambda: get_radix_cache_factory("agentflow")(types.SimpleNamespace())):
+            with pytest.raises(plugin.PluginLoadError, match="failed to load: AttributeError: HookRegistry has no"):
+                build()
+    finally:
+        monkeypatch.undo()
+        plugin.register()  # a good registration restores everything
+    from agentflow.runtime.engines.sglang.policy import WorkflowStrategy
+
+    assert plugin.load_error is None and isinstance(get_eviction_strategy("workflow", {}), WorkflowStrategy)
+
+
+def test_sglangs_private_eviction_policy_registry_has_the_shape_the_plugin_writes(plugin, monkeypatch):
+    """The one place the plugin writes a private SGLang dict. If a newer SGLang renames it or
+    changes what it holds or how get_eviction_strategy calls it, this fails (and so does the plugin,
+    loudly, at registration)."""
+    from sglang.srt.mem_cache import utils
+
+    registry = plugin.eviction_policy_factories()
+    assert registry is utils._EVICTION_POLICY_FACTORIES
+    assert {"lru", "lfu", "fifo", "mru", "filo", "priority"} <= registry.keys()
+    seen = {}
+    monkeypatch.setitem(registry, "probe", lambda **config: seen.setdefault("config", config) or object())
+    utils.get_eviction_strategy("probe", {"a": 1})
+    assert seen["config"] == {"a": 1}  # factory(**config), as the plugin's docs say
+    monkeypatch.setattr(utils, "_EVICTION_POLICY_FACTORIES", ["lru"])
+    with pytest.raises(plugin.PluginLoadError, match="changed its private eviction-policy registry"):
+        plugin.eviction_policy_factories()
+
+
+def test_with_dp_attention_our_messages_keep_their_place_among_requests(plugin, monkeypatch):
+    """SGLang's DP-attention split puts every non-request message after the requests; the hook
+    (applied by SGLang's HookRegistry) keeps ours where they arrived, so a tick still stamps the
+    requests after it and a pin sent before a request applies before it."""
+    from sglang.srt.managers.io_struct import FlushCacheReqInput, TokenizedGenerateReqInput
+    from sglang.srt.managers.scheduler_components.request_receiver import SchedulerRequestReceiver
+    from sglang.srt.plugins.hook_registry import HookRegistry
+
+    cls = SchedulerRequestReceiver
+    target = f"{cls.__module__}.{cls.__name__}._split_work_and_control_reqs"
+    monkeypatch.setattr(cls, "_split_work_and_control_reqs", cls._split_work_and_control_reqs)  # undone after
+    HookRegistry._apply_target(target, HookRegistry._hooks[target])
+    def request(rid):
+        return TokenizedGenerateReqInput(rid=rid, input_text="", input_ids=[1, 2], input_embeds=None, mm_inputs=None,
+                                         token_type_ids=None, sampling_params=None, return_logprob=False,
+                                         logprob_start_len=-1, top_logprobs_num=0, token_ids_logprob=None, stream=False)
+
+    r1, r2 = request("r1"), request("r2")
+    tick, pin = plugin.AgentflowControlReq(tick_s=1.0), plugin.AgentflowControlReq(envelope=b"{}")
+    flush = FlushCacheReqInput()
+    work, control = SchedulerRequestReceiver._split_work_and_control_reqs(None, [tick, r1, pin, flush, r2])
+    assert [id(x) for x in work] == [id(tick), id(r1), id(pin), id(r2)]
+    assert control == [flush]  # SGLang's own control messages: untouched
