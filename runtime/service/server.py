@@ -255,7 +255,7 @@ class SchedulerServicer(pbg.SchedulerServicer):
         if ident.kind == "worker":
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, "a worker credential cannot open programs")
         if ident.kind == "client":
-            if tenant and tenant != ident.tenant:
+            if tenant not in ("", "default", ident.tenant):  # "default": the caller's own
                 await context.abort(grpc.StatusCode.PERMISSION_DENIED,
                                     f"tenant: this credential is tenant {ident.tenant!r}'s (leave tenant empty)")
             tenant = ident.tenant

@@ -57,7 +57,10 @@ def bad_utf8_field(data: bytes, descriptor, path: str = "", depth: int = 0) -> s
                 if f is None:
                     continue
                 name = f"{path}{f.name}"
-                if f.label == FieldDescriptor.LABEL_REPEATED:
+                repeated = getattr(f, "is_repeated", None)
+                if repeated is None:  # older protobuf
+                    repeated = f.label == FieldDescriptor.LABEL_REPEATED
+                if repeated:
                     k = counts.get(f.name, 0)
                     counts[f.name] = k + 1
                     name = f"{name}[{k}]"
@@ -82,7 +85,10 @@ def safe_deserializer(message_cls):
         try:
             return message_cls.FromString(data)
         except (DecodeError, RecursionError) as exc:
-            field = bad_utf8_field(data, message_cls.DESCRIPTOR)
+            try:
+                field = bad_utf8_field(data, message_cls.DESCRIPTOR)
+            except Exception:  # naming the field is a courtesy; the refusal is what matters
+                field = None
             if field:
                 return BadRequest(f"{field}: is not valid UTF-8")
             return BadRequest(f"request: not a valid {message_cls.DESCRIPTOR.full_name} message ({exc})")

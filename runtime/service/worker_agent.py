@@ -122,12 +122,14 @@ def _in_tenant(m: pb.GenerateRequest, ident: Identity) -> None:
     t = ident.tenant
     for fieldname, ns in [("namespace", m.namespace)] + [(f"prefixes[{i}].namespace", p.namespace)
                                                           for i, p in enumerate(m.prefixes)]:
-        if ns not in ("", t):
+        if ns not in ("", "default", t):  # "" and "default": the caller's own tenant
             raise ServiceError(Code.PERMISSION_DENIED, f"must be this credential's tenant {t!r}", field=fieldname)
     m.namespace = t
     for p in m.prefixes:
         p.namespace = t
     if m.reuse_namespace:
+        if m.reuse_namespace.startswith("default/"):
+            m.reuse_namespace = t + m.reuse_namespace[len("default"):]
         if not m.reuse_namespace.startswith(f"{t}/"):
             raise ServiceError(Code.PERMISSION_DENIED, f"must be within tenant {t!r}", field="reuse_namespace")
         tail = f"/p:{m.program_id}"
