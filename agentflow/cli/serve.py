@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import sys
 
 import click
+
+
+def _quiet_grpc() -> None:
+    """gRPC's C core logs its own line for a failed bind; ours says it once (set before gRPC starts)."""
+    os.environ.setdefault("GRPC_VERBOSITY", "NONE")
 
 
 def _fail(message: str, code: int = 2):
@@ -108,6 +114,7 @@ def serve(listen, policy, journal_path, time_scale, worker_timeout, ttft_slo, tl
           tls_cert, token, tokens_file, tls_client_ca, max_message_mb) -> None:
     """Start the scheduler service: clients open programs and submit calls, workers register and
     receive decisions. Open programs survive a restart (the journal)."""
+    _quiet_grpc()
     from agentflow.runtime.service.app import build_scheduler
     from agentflow.runtime.service.core import Limits
     from agentflow.runtime.service.journal import JournalError
@@ -164,6 +171,7 @@ def worker(scheduler, engine, worker_id, listen, advertise, preset, kv_tokens, h
            sglang_url, tls_key, count, verbose, tls_cert, token, tokens_file, tls_client_ca, max_message_mb) -> None:
     """Start a worker agent beside an engine: it registers with the scheduler, serves the calls
     routed to it, and applies the scheduler's decisions to the engine's cache."""
+    _quiet_grpc()
     from agentflow.runtime.service.app import build_worker
 
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, stream=sys.stderr)

@@ -237,7 +237,7 @@ class WorkerAgent:
                                   grpc.StatusCode.INVALID_ARGUMENT):
                     why = (f"the scheduler at {self.config.scheduler} refused worker {self.config.worker_id!r}: "
                            f"{exc.code().name}: {exc.details()}")
-                    log.error("%s", why)
+                    log.info("%s", why)  # `failed` carries it (agentflow worker prints it once, and exits)
                     if self.failed is not None and not self.failed.done():
                         self.failed.set_result(why)
                     return

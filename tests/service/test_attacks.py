@@ -577,3 +577,79 @@ def test_every_run_gets_fresh_program_ids(tmp_path):
 
     (tmp_path / "r").mkdir()
     asyncio.run(serve_only())
+
+
+# ================================================================ startup, as the user runs it ==
+def _agentflow(*args, env=None, timeout_s=30):
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "agentflow", *args], capture_output=True, text=True,
+                          timeout=timeout_s, env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
+
+
+def _one_line_error(r, *needles):
+    """A non-zero exit whose stderr ends with one `error: ...` line (a worker may first say it started)."""
+    lines = [ln for ln in r.stderr.strip().splitlines() if ln]
+    errors = [ln for ln in lines if "error" in ln.lower()]
+    assert r.returncode != 0 and "Traceback" not in r.stderr and errors == lines[-1:], r.stderr[-2000:]
+    assert lines[-1].startswith("error: ") and len(lines) <= 2, r.stderr[-2000:]
+    for n in needles:
+        assert n in lines[-1], lines[-1]
+    return lines[-1]
+
+
+def test_startup_failures_are_one_clear_line(tmp_path):
+    """Attack: a corrupt journal, a journal in a missing directory, --tls-cert without --tls-key, a
+    bad tokens file: tracebacks, or a start."""
+    corrupt = tmp_path / "corrupt.sqlite"
+    corrupt.write_bytes(b"this is not a database" * 100)
+    _one_line_error(_agentflow("serve", "--listen", "127.0.0.1:0", "--journal", str(corrupt)),
+                    str(corrupt), "move it aside", "--journal")
+    missing = tmp_path / "nope" / "j.sqlite"
+    _one_line_error(_agentflow("serve", "--listen", "127.0.0.1:0", "--journal", str(missing)),
+                    "does not exist", str(tmp_path / "nope"))
+    cert = tmp_path / "cert.pem"
+    cert.write_text("not really")
+    _one_line_error(_agentflow("serve", "--listen", "127.0.0.1:0", "--journal", ":memory:", "--tls-cert", str(cert)),
+                    "--tls-key")
+    bad = tmp_path / "tokens"
+    bad.write_text("short client acme\n")
+    _one_line_error(_agentflow("serve", "--listen", "127.0.0.1:0", "--journal", ":memory:", "--tokens-file", str(bad)),
+                    f"{bad}:1", "shorter than 16")
+
+
+def test_a_taken_port_and_a_wrong_worker_token_end_with_one_line(tmp_path):
+    """Attack: a second `agentflow serve` (or worker) on a taken port started and split the
+    connections; a worker with a wrong token retried forever, silently."""
+    import re
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    tokens = tmp_path / "tokens"
+    tokens.write_text(TOKENS_TEXT)
+    first = subprocess.Popen([sys.executable, "-m", "agentflow", "serve", "--listen", f"127.0.0.1:{port}",
+                              "--journal", str(tmp_path / "j.sqlite"), "--tokens-file", str(tokens)],
+                             stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        line = first.stderr.readline()
+        assert re.search(r"agentflow scheduler on \S+", line) and "5 credential(s)" in line, line
+        _one_line_error(_agentflow("serve", "--listen", f"127.0.0.1:{port}", "--journal", ":memory:"),
+                        f"127.0.0.1:{port}", "taken")
+        _one_line_error(_agentflow("worker", "--scheduler", f"127.0.0.1:{port}", "--listen", f"127.0.0.1:{port}",
+                                   "--id", "w0", "--tokens-file", str(tokens)), "taken")
+        r = _agentflow("worker", "--scheduler", f"127.0.0.1:{port}", "--id", "w0", "--tokens-file", str(tokens),
+                       "--token", "wrong-token-0123456789")
+        _one_line_error(r, "refused worker 'w0'", "UNAUTHENTICATED")
+        r = _agentflow("worker", "--scheduler", f"127.0.0.1:{port}", "--id", "w1", "--tokens-file", str(tokens),
+                       "--token", TOKENS["w0"])  # another worker's credential
+        _one_line_error(r, "PERMISSION_DENIED")
+        r = _agentflow("worker", "--scheduler", f"127.0.0.1:{port}", "--id", "w9", "--tokens-file", str(tokens))
+        _one_line_error(r, "no 'worker w9' line")
+    finally:
+        first.terminate()
+        first.wait(10)
