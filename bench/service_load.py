@@ -282,7 +282,9 @@ def main() -> int:
     sched = workers = None
     try:
         sched = _spawn(["serve", "--listen", "127.0.0.1:0", "--journal", f"{tmp}/journal.sqlite",
-                        "--policy", args.policy, "--time-scale", str(args.time_scale), *auth])
+                        "--policy", args.policy, "--time-scale", str(args.time_scale), *auth,
+                        # one tenant holds every load program here (2,000 at once; the default quota is 1,000)
+                        "--max-programs-per-tenant", str(max(1000, 2 * args.load_programs))])
         addr = _wait_lines(sched, r"scheduler on (\S+)", 1)[0]
         wargs = ["worker", "--scheduler", addr, "--engine", "sim", "--count", str(args.workers), "--id", "sim",
                  "--preset", args.preset, "--time-scale", str(args.time_scale), *auth]

@@ -59,7 +59,6 @@ from agentflow.runtime.policies import make_policy
 from agentflow.runtime.prefixes import PrefixRef
 from agentflow.runtime.reuse_plan import InputSpan, ReuseHint
 from agentflow.runtime.scheduler import Scheduler, SchedulerConfig, SchedulerError
-from agentflow.graph.position import enter_step
 from agentflow.runtime.service import routing
 from agentflow.runtime.service.journal import Journal
 
@@ -616,14 +615,8 @@ class ServiceCore:
             raise ServiceError(Code.RESOURCE_EXHAUSTED, f"program {req.program_id!r} has "
                                f"{len(prog.answers)} calls in flight; at most {self.config.limits.max_calls_per_program}",
                                field="call_id")
-        sprog = self.sched.programs.get(req.program_id)
-        node = sprog.graph.steps.get(req.step) if sprog is not None else None
-        if sprog is not None and node is not None:
-            try:  # the step must be enterable from where the program is (a loop past its bound is not)
-                enter_step(sprog.graph, sprog.position, req.step, again=req.step in sprog.started)
-            except PositionError as exc:
-                raise ServiceError(Code.FAILED_PRECONDITION, str(exc), field="step") from None
-        try:
+        try:  # a step the program cannot enter (a loop past its bound) raises PositionError: this call fails
+            # alone (the scheduler checks before it moves the program; only its pins were released)
             self.sched.apply(CallSubmitted(program_id=req.program_id, call_id=req.call_id, step=req.step,
                                            prefixes=req.prefixes, prompt_tokens=req.prompt_tokens,
                                            expected_output_tokens=req.expected_output_tokens,

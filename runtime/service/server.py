@@ -121,6 +121,8 @@ class Authenticator:
             ident = identity_of_certificate(names[0].decode()) if names else None
             if ident is not None:
                 return ident
+            if self.credentials.open:  # a certificate without a known name, and no tokens: nobody
+                return None
         return self.credentials.identify_metadata(context.invocation_metadata())
 
 

@@ -653,3 +653,48 @@ def test_a_taken_port_and_a_wrong_worker_token_end_with_one_line(tmp_path):
     finally:
         first.terminate()
         first.wait(10)
+
+
+def test_mtls_certificate_names_are_identities(tmp_path, spec_json):
+    """mTLS identities (the scheduler side): a client certificate named "client:acme" is tenant acme;
+    one signed by the CA with another name is nobody; no certificate: no connection."""
+    import shutil
+    import subprocess
+
+    if shutil.which("openssl") is None:
+        pytest.skip("needs the openssl command to make test certificates")
+
+    def ssl(*args):
+        subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=tmp_path)
+
+    ssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "1",
+        "-subj", "/CN=test-ca")
+    (tmp_path / "san.ext").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
+    for name, cn in (("srv", "localhost"), ("acme", "client:acme"), ("bogus", "somebody")):
+        ssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={cn}")
+        ssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+            "-out", f"{name}.pem", "-days", "1", *(["-extfile", "san.ext"] if name == "srv" else []))
+    t = lambda n: str(tmp_path / n)  # noqa: E731
+
+    async def main():
+        server, _ = build_scheduler(listen="127.0.0.1:0", time_scale=SCALE, transport=Transport(
+            tls_cert=t("srv.pem"), tls_key=t("srv.key"), client_ca=t("ca.pem")))
+        port = await server.start()
+        addr = f"127.0.0.1:{port}"
+        try:
+            acme = Transport(tls_cert=t("ca.pem"), tls_key=t("acme.key"), client_cert=t("acme.pem")).channel(addr)
+            bogus = Transport(tls_cert=t("ca.pem"), tls_key=t("bogus.key"), client_cert=t("bogus.pem")).channel(addr)
+            none = Transport(tls_cert=t("ca.pem")).channel(addr)
+            resp = await pbg.SchedulerStub(acme).OpenProgram(pb.OpenProgramRequest(program_id="p",
+                                                                                   workflow_spec=spec_json))
+            assert resp.created and server.core.programs["acme/p"].tenant == "acme"
+            code, _ = await status(pbg.SchedulerStub(bogus).Health(pb.HealthRequest()))
+            assert code == grpc.StatusCode.UNAUTHENTICATED
+            code, _ = await status(pbg.SchedulerStub(none).Health(pb.HealthRequest(), timeout=3))
+            assert code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+            for ch in (acme, bogus, none):
+                await ch.close()
+        finally:
+            await server.stop(0)
+
+    asyncio.run(main())
