@@ -168,10 +168,15 @@ class ServiceClient:
                                        call_id=call.call_id, on_chunk=on_chunk)
                 return route, result
             except grpc.aio.AioRpcError as exc:
-                if time.monotonic() >= deadline or exc.code() not in (
-                        grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.UNKNOWN,
-                        grpc.StatusCode.INTERNAL):
+                retryable = exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED,
+                                           grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL)
+                if time.monotonic() >= deadline or not retryable:
                     self._report_failed(call.call_id, route.worker_id, f"{exc.code().name}: {exc.details()}")
+                    if retryable:  # name the worker that failed, not the scheduler
+                        raise ServiceUnavailable(
+                            f"call {call.call_id}: worker {route.worker_id} at {route.worker_address} failed "
+                            f"({exc.code().name}: {exc.details()}), and no worker ran it within "
+                            f"{self.worker_retry_s:g} s") from None
                     raise
                 self.retries += 1
                 if self.retries > 1:
