@@ -178,6 +178,7 @@ class WorkflowSpec(_Model):
                         timeout_s=s.timeout_s)
             else:
                 wf.noop(s.name)
+        joins = {t.name for t in self.steps if t.join}  # once, not per step (compile stays linear)
         for s in self.steps:
             where = f"steps[{s.name}]"
             if s.fan_out is not None:
@@ -195,7 +196,7 @@ class WorkflowSpec(_Model):
                         expected_iterations=lp.expected_iterations,
                         while_=_condition(lp.while_, f"{where}.loop.while", resolve))
             if s.next is not None:
-                if s.next in {t.name for t in self.steps if t.join}:
+                if s.next in joins:
                     wf.join([s.name], s.next)
                 else:
                     wf.sequence(s.name, s.next)

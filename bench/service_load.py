@@ -22,6 +22,12 @@ Processes (all on this machine, real gRPC over loopback):
    (b) in process (`InProcessClient`: the same core and 8 SimEngines, no RPC).
    `jct_ratio_vs_inprocess` = mean JCT (a) / mean JCT (b), both in workload seconds.
 
+Authorization is on (issue 16), as a shared service runs: the scheduler and the workers read a
+tokens file (docs/service.md, "Security"); the load and latency clients hold a client credential
+of tenant "bench", so every id they send is scoped to it; the latency test reports each call
+STARTED with the routed worker's own credential, as that worker would. `--no-auth` runs the same
+without credentials (an open service), for comparison.
+
     python bench/service_load.py --json
 Targets: submit_rps >= 5000, submit_p99_ms <= 10, jct_ratio_vs_inprocess <= 1.05.
 """
@@ -43,6 +49,11 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+# credentials (main() fills them when authorization is on)
+CLIENT_TOKEN: str | None = None
+CLIENT_MD: tuple = ()
+WORKER_MD: dict[str, tuple] = {}
+SCOPE = ""  # how the service names a client's ids: "bench/" (its tenant) with authorization on
 WORKLOAD = ROOT / "examples/workloads/swebench-mini-swe-agent.jsonl"
 PY = sys.executable
 
@@ -110,12 +121,15 @@ async def _programs(addr: str, plan, n_programs: int, tag: str):
     ch = grpc.aio.insecure_channel(addr)
     stub = pbg.SchedulerStub(ch)
     pids = [f"{tag}-{i}" for i in range(n_programs)]
-    h = (await stub.OpenProgram(pb.OpenProgramRequest(program_id=pids[0], workflow_spec=spec))).workflow_hash
-    await _bounded(stub.OpenProgram, [pb.OpenProgramRequest(program_id=p, workflow_hash=h) for p in pids[1:]])
+    h = (await stub.OpenProgram(pb.OpenProgramRequest(program_id=pids[0], workflow_spec=spec),
+                                metadata=CLIENT_MD)).workflow_hash
+    await _bounded(lambda r: stub.OpenProgram(r, metadata=CLIENT_MD),
+                   [pb.OpenProgramRequest(program_id=p, workflow_hash=h) for p in pids[1:]])
     try:
         yield stub, _first_calls(pids, step)
     finally:
-        await _bounded(stub.CloseProgram, [pb.CloseProgramRequest(program_id=p, cancelled=True) for p in pids])
+        await _bounded(lambda r: stub.CloseProgram(r, metadata=CLIENT_MD),
+                       [pb.CloseProgramRequest(program_id=p, cancelled=True) for p in pids])
         await ch.close()
 
 
@@ -129,12 +143,13 @@ async def submit_latency(addr: str, plan, n_programs: int, concurrency: int, tag
     async def client(stub, items):
         for m in items:
             t = time.perf_counter()
-            ans = await stub.SubmitCall(m)
+            ans = await stub.SubmitCall(m, metadata=CLIENT_MD)
             lat_ms.append((time.perf_counter() - t) * 1000.0)
             # as the routed worker would (untimed): the call starts, so the queue stays as short
             # as it is in a service that keeps up (a moderate load, not a backlog)
-            await stub.ReportCall(pb.ReportCallRequest(call_id=m.call_id, worker_id=ans.worker_id,
-                                                       kind=pb.ReportCallRequest.STARTED))
+            await stub.ReportCall(pb.ReportCallRequest(call_id=SCOPE + m.call_id, worker_id=ans.worker_id,
+                                                       kind=pb.ReportCallRequest.STARTED),
+                                  metadata=WORKER_MD.get(ans.worker_id, ()))
 
     async with _programs(addr, plan, n_programs, tag) as (stub, reqs):
         t0 = time.perf_counter()
@@ -172,7 +187,7 @@ async def submit_load(addr: str, plan, n_programs: int, streams: int, window: in
                 yield pb.SubmitCallBatch(calls=items[k:k + batch])
 
         i = 0
-        async for resp in stub.SubmitCallBatches(gen()):
+        async for resp in stub.SubmitCallBatches(gen(), metadata=CLIENT_MD):
             ms = (time.perf_counter() - sent_at[i]) * 1000.0
             i += 1
             lat_ms.extend([ms] * len(resp.answers))
@@ -191,7 +206,9 @@ async def replay_service(addr: str, programs, plan, args) -> dict:
     from agentflow.runtime.replay.live import LiveReplay
     from agentflow.runtime.service.client import ServiceClient
 
-    client = ServiceClient(addr)
+    from agentflow.runtime.service.server import Transport
+
+    client = ServiceClient(addr, transport=Transport(token=CLIENT_TOKEN))
     try:
         return await LiveReplay(programs, plan, client, time_scale=args.time_scale, num_in_flight=args.in_flight,
                                 run_id="svc").run()
@@ -237,6 +254,7 @@ def main() -> int:
     ap.add_argument("--kv-tokens", type=int, default=None)
     ap.add_argument("--policy", default="agentflow")
     ap.add_argument("--json", action="store_true", help="print one JSON line")
+    ap.add_argument("--no-auth", action="store_true", help="an open service (no credentials), for comparison")
     args = ap.parse_args()
 
     from agentflow.runtime.replay.planning import planning_graph
@@ -245,13 +263,31 @@ def main() -> int:
     programs = list(load_workload(WORKLOAD).programs[: args.programs])
     plan = planning_graph(programs)
     tmp = tempfile.mkdtemp(prefix="agentflow-bench-")
+    auth: list[str] = []
+    if not args.no_auth:
+        import secrets
+
+        global CLIENT_TOKEN, CLIENT_MD, SCOPE
+        CLIENT_TOKEN, SCOPE = secrets.token_urlsafe(24), "bench/"
+        CLIENT_MD = (("authorization", f"Bearer {CLIENT_TOKEN}"),)
+        lines = [f"{CLIENT_TOKEN} client bench"]
+        for i in range(args.workers):
+            tok = secrets.token_urlsafe(24)
+            WORKER_MD[f"sim-{i}"] = (("authorization", f"Bearer {tok}"),)
+            lines.append(f"{tok} worker sim-{i}")
+        tokens = Path(tmp) / "tokens"
+        tokens.write_text("\n".join(lines) + "\n")
+        tokens.chmod(0o600)
+        auth = ["--tokens-file", str(tokens)]
     sched = workers = None
     try:
         sched = _spawn(["serve", "--listen", "127.0.0.1:0", "--journal", f"{tmp}/journal.sqlite",
-                        "--policy", args.policy, "--time-scale", str(args.time_scale)])
+                        "--policy", args.policy, "--time-scale", str(args.time_scale), *auth,
+                        # one tenant holds every load program here (2,000 at once; the default quota is 1,000)
+                        "--max-programs-per-tenant", str(max(1000, 2 * args.load_programs))])
         addr = _wait_lines(sched, r"scheduler on (\S+)", 1)[0]
         wargs = ["worker", "--scheduler", addr, "--engine", "sim", "--count", str(args.workers), "--id", "sim",
-                 "--preset", args.preset, "--time-scale", str(args.time_scale)]
+                 "--preset", args.preset, "--time-scale", str(args.time_scale), *auth]
         if args.kv_tokens:
             wargs += ["--kv-tokens", str(args.kv_tokens)]
         workers = _spawn(wargs)
@@ -284,6 +320,7 @@ def main() -> int:
         "service_hit_rate": round(svc["hit_rate"], 4), "inprocess_hit_rate": round(inproc["hit_rate"], 4),
         "replay_submit_p99_ms": round(svc["submit_p99_ms"], 3), "programs": len(programs),
         "workers": args.workers, "time_scale": args.time_scale, "policy": args.policy,
+        "authorization": not args.no_auth,
         "wall_s": {"service": round(svc["wall_s"], 1), "inprocess": round(inproc["wall_s"], 1)},
     }
     if args.json:

@@ -4,40 +4,73 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import sys
 
 import click
 
 
-def _transport(tls_cert, tls_key, token, max_message_mb):
+def _quiet_grpc() -> None:
+    """gRPC's C core logs its own line for a failed bind; ours says it once (set before gRPC starts)."""
+    os.environ.setdefault("GRPC_VERBOSITY", "NONE")
+
+
+def _fail(message: str, code: int = 2):
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+def _transport(tls_cert, tls_key, token, max_message_mb, tokens_file=None, client_ca=None):
+    from agentflow.runtime.service.auth import Credentials
     from agentflow.runtime.service.server import Transport
 
-    return Transport(tls_cert=tls_cert, tls_key=tls_key, token=token,
+    creds = Credentials.load(tokens_file, shared_token=token)  # CredentialsError (a ValueError): one line
+    return Transport(tls_cert=tls_cert, tls_key=tls_key, token=token, credentials=creds, client_ca=client_ca,
                      max_message_bytes=int(max_message_mb * 1024 * 1024))
 
 
-def _until_signal(start, stop) -> None:
-    """Run `start()`, then wait for SIGINT/SIGTERM and `stop()` (graceful drain)."""
+def _until_signal(start, stop, failed=None) -> None:
+    """Run `start()`, then wait for SIGINT/SIGTERM and `stop()` (graceful drain). A start that
+    fails (the port is taken, ...) and `failed()` (awaitables: a reason to give up) end it with one
+    line and a non-zero exit."""
 
     async def main():
-        await start()
+        try:
+            await start()
+        except (OSError, ValueError) as e:
+            return f"{e}", 2
         done = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, done.set)
-        await done.wait()
-        click.echo("draining...", err=True)
+        waits = [asyncio.ensure_future(done.wait())] + [asyncio.ensure_future(f) for f in (failed() if failed else ())]
+        finished, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        why = next((t.result() for t in finished if t is not waits[0] and t.result()), None)
+        if why is None:
+            click.echo("draining...", err=True)
         await stop()
+        for t in waits:
+            t.cancel()
+        return (why, 1) if why else None
 
-    asyncio.run(main())
+    out = asyncio.run(main())
+    if out:
+        _fail(*out)
 
 
 _transport_options = [
     click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False), default=None,
                  help="Server: its PEM certificate chain (with --tls-key). Client side: the CA to trust."),
     click.option("--token", envvar="AGENTFLOW_TOKEN", default=None,
-                 help="Bearer token required from every caller (env AGENTFLOW_TOKEN)."),
+                 help="Bearer token: sent by this process (a worker: its worker credential); without "
+                      "--tokens-file, the one shared token a server requires (env AGENTFLOW_TOKEN)."),
+    click.option("--tokens-file", envvar="AGENTFLOW_TOKENS_FILE", type=click.Path(dir_okay=False), default=None,
+                 help="Credentials, one a line: '<token> client <tenant>', '<token> worker <id>', '<token> admin' "
+                      "(env AGENTFLOW_TOKENS_FILE, or the text in AGENTFLOW_TOKENS). See docs/service.md."),
+    click.option("--tls-client-ca", type=click.Path(dir_okay=False), default=None,
+                 help="Require client certificates signed by this CA (mTLS; names 'client:<tenant>', "
+                      "'worker:<id>', 'admin')."),
     click.option("--max-message-mb", type=float, default=4.0, show_default=True, help="Largest gRPC message."),
 ]
 
@@ -72,23 +105,44 @@ def _with(options):
               help="--openai: the embedded worker's engine (local: SmolLM2 on this CPU).")
 @click.option("--openai-workflow", multiple=True, type=click.Path(exists=True, dir_okay=False),
               help="--openai: a workflow file (YAML/JSON) registered under its name (repeatable).")
+@click.option("--max-programs-per-tenant", type=int, default=1_000, show_default=True,
+              help="Open programs one tenant may hold.")
+@click.option("--program-idle-s", type=float, default=3_600.0, show_default=True,
+              help="An open program without a request for this long is closed (cancelled).")
+@click.option("--worker-wait-s", type=float, default=30.0, show_default=True,
+              help="How long a call with no worker to run it waits for one to register.")
+@click.option("--max-workflow-steps", type=int, default=2_000, show_default=True, help="Steps of one workflow.")
+@click.option("--max-spec-kb", type=int, default=1_024, show_default=True, help="Size of one workflow spec.")
 @click.option("-v", "--verbose", is_flag=True)
 @_with(_transport_options)
 def serve(listen, policy, journal_path, time_scale, worker_timeout, ttft_slo, tls_key, otel, otel_endpoint,
-          openai_listen, openai_engine, openai_workflow, verbose, tls_cert, token, max_message_mb) -> None:
+          openai_listen, openai_engine, openai_workflow,
+          max_programs_per_tenant, program_idle_s, worker_wait_s, max_workflow_steps, max_spec_kb, verbose,
+          tls_cert, token, tokens_file, tls_client_ca, max_message_mb) -> None:
     """Start the scheduler service: clients open programs and submit calls, workers register and
     receive decisions. Open programs survive a restart (the journal)."""
+    _quiet_grpc()
     from agentflow.runtime.service.app import build_scheduler
+    from agentflow.runtime.service.core import Limits
+    from agentflow.runtime.service.journal import JournalError
 
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, stream=sys.stderr)
+    for name, v in (("--max-programs-per-tenant", max_programs_per_tenant), ("--program-idle-s", program_idle_s),
+                    ("--worker-wait-s", worker_wait_s), ("--max-workflow-steps", max_workflow_steps),
+                    ("--max-spec-kb", max_spec_kb)):
+        if not v > 0:
+            _fail(f"{name} must be > 0 (got {v})")
     try:
+        limits = Limits(max_programs_per_tenant=max_programs_per_tenant, program_idle_s=program_idle_s,
+                        worker_wait_s=worker_wait_s, max_workflow_steps=max_workflow_steps,
+                        max_spec_bytes=max_spec_kb * 1024)
         server, recovered = build_scheduler(
             listen=listen, policy=policy, journal_path=journal_path, time_scale=time_scale,
             worker_timeout_s=worker_timeout, ttft_slo_s=ttft_slo, otel=otel, otel_endpoint=otel_endpoint,
-            transport=_transport(tls_cert, tls_key, token, max_message_mb))
-    except (ValueError, OSError) as e:
-        click.echo(f"error: {e}", err=True)
-        sys.exit(2)
+            transport=_transport(tls_cert, tls_key, token, max_message_mb, tokens_file, tls_client_ca),
+            limits=limits)
+    except (ValueError, OSError, JournalError) as e:
+        _fail(str(e))
 
     front = None
     if openai_listen:
@@ -102,8 +156,10 @@ def serve(listen, policy, journal_path, time_scale, worker_timeout, ttft_slo, tl
 
     async def start():
         await server.start()
+        auth = server.authenticator
+        who = "open: no credentials" if auth.open else f"{len(auth.credentials)} credential(s)"
         click.echo(f"agentflow scheduler on {server.target} (policy {policy}, journal {journal_path}, "
-                   f"{recovered} program(s) recovered)", err=True)
+                   f"{recovered} program(s) recovered, {who})", err=True)
         if front is not None:
             await front.start()
             click.echo(f"agentflow OpenAI API on http://{front.host}:{front.port}/v1 (model {front.front.config.model_id})",
@@ -139,29 +195,39 @@ def serve(listen, policy, journal_path, time_scale, worker_timeout, ttft_slo, tl
 @click.option("-v", "--verbose", is_flag=True)
 @_with(_transport_options)
 def worker(scheduler, engine, worker_id, listen, advertise, preset, kv_tokens, host_tokens, strategy, time_scale,
-           sglang_url, tls_key, count, verbose, tls_cert, token, max_message_mb) -> None:
+           sglang_url, tls_key, count, verbose, tls_cert, token, tokens_file, tls_client_ca, max_message_mb) -> None:
     """Start a worker agent beside an engine: it registers with the scheduler, serves the calls
     routed to it, and applies the scheduler's decisions to the engine's cache."""
+    _quiet_grpc()
     from agentflow.runtime.service.app import build_worker
 
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, stream=sys.stderr)
     if count < 1 or (count > 1 and engine != "sim"):
         click.echo("error: --count must be >= 1, and above 1 only with --engine sim", err=True)
         sys.exit(2)
+    from dataclasses import replace
+
     host, _, port = listen.rpartition(":")
     agents = []
     try:
+        base = _transport(tls_cert, tls_key, token, max_message_mb, tokens_file, tls_client_ca)
         for i in range(count):
             wid = worker_id if count == 1 else f"{worker_id or 'sim'}-{i}"
             addr = listen if count == 1 or port == "0" else f"{host}:{int(port) + i}"
+            tr = base
+            if not base.credentials.open and wid:
+                # its own credential to the scheduler: --token, else the tokens file's line for this id
+                own = token or base.credentials.token_for_worker(wid)
+                if own is None:
+                    _fail(f"{base.credentials.source} has no 'worker {wid}' line and no --token was given: add "
+                          f"'<token> worker {wid}' there, or pass --token")
+                tr = replace(base, token=own)
             agents.append(build_worker(scheduler=scheduler, engine=engine, worker_id=wid, listen=addr,
                                        advertise=advertise if count == 1 else None, preset=preset,
                                        kv_tokens=kv_tokens, host_tokens=host_tokens, strategy=strategy,
-                                       time_scale=time_scale, sglang_url=sglang_url,
-                                       transport=_transport(tls_cert, tls_key, token, max_message_mb)))
+                                       time_scale=time_scale, sglang_url=sglang_url, transport=tr))
     except (ValueError, OSError) as e:
-        click.echo(f"error: {e}", err=True)
-        sys.exit(2)
+        _fail(str(e))
 
     async def start():
         for agent in agents:
@@ -174,4 +240,4 @@ def worker(scheduler, engine, worker_id, listen, advertise, preset, kv_tokens, h
             await agent.stop(5.0)
             await agent.engine.aclose()
 
-    _until_signal(start, stop)
+    _until_signal(start, stop, failed=lambda: [a.failed for a in agents if a.failed is not None])

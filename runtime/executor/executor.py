@@ -104,6 +104,9 @@ class Executor:
         self._tg: anyio.abc.TaskGroup | None = None
         self._live = 0
         self._ids = itertools.count(1)
+        # a shared service outlives one run: its backend asks for ids of this run only (run_tag),
+        # so a second `agentflow run --engine HOST:PORT` does not reuse the first one's ids
+        self._tag = getattr(self.backend, "run_tag", None)
 
     @property
     def link(self) -> SchedulerLink | None:
@@ -152,7 +155,8 @@ class Executor:
         if self._tg is None:
             raise RuntimeError("start programs inside `async with Executor(...) as ex:`")
         wf = compile_workflow(workflow)
-        pid = program_id if program_id is not None else f"{wf.name}-{next(self._ids)}"
+        n = next(self._ids)
+        pid = program_id if program_id is not None else (f"{wf.name}-{self._tag}-{n}" if self._tag else f"{wf.name}-{n}")
         handle = ProgramHandle(pid, ProgramRun(self, wf, pid, inputs or {}, on_token))
         self._live += 1
         await self._tg.start(self._program, handle)

@@ -22,6 +22,7 @@ to the worker with the call.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable, Hashable, Sequence
 from typing import Any
 
@@ -32,6 +33,7 @@ from agentflow.workflow import CompiledWorkflow
 
 class ServiceBackend:
     decisions = None  # the service applies its decisions on its workers
+    run_tag: str | None = None  # set: the executor's program ids carry it (fresh per run)
 
     def __init__(self, client: Any, *, tokenizer: Any, tenant: str = "", share_kv_across_programs: bool = False):
         self.client = client  # ServiceClient or InProcessClient; the caller opens and closes it
@@ -96,6 +98,7 @@ async def connect_service(address: str, *, tokenizer: str = "sim", token: str | 
         raise
     backend = ServiceBackend(client, tokenizer=make_engine(tokenizer))
     backend.owns_client = True
+    backend.run_tag = uuid.uuid4().hex[:8]  # fresh program ids per run (the service remembers closed ones)
     return backend
 
 

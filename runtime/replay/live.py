@@ -18,6 +18,7 @@ prompt + output that its worker reported cached, with no bookkeeping here.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import time
 from collections.abc import Callable
@@ -142,6 +143,16 @@ class LiveReplay:
         calls = prepare(program, index, self.ids)
         start = self.now_s()
         await self.client.open_program(pid, self.spec, tenant=self.namespace)
+        try:
+            await self._calls(pid, calls)
+        except BaseException:  # a replay that fails leaves no program open on the service
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.client.close_program(pid, cancelled=True), 5.0)
+            raise
+        await self.client.close_program(pid)
+        self.stats.jct_s.append(self.now_s() - start)
+
+    async def _calls(self, pid: str, calls) -> None:
         for i, c in enumerate(calls):
             refs = prefix_chain(self.namespace, c.prompt_ids, c.boundaries)
             call = CallRequest(program_id=pid, call_id=f"{pid}#{i}", step=self.plan.step_of(c.agent), prefixes=refs,
@@ -159,8 +170,6 @@ class LiveReplay:
                 await asyncio.sleep(c.tool_duration_s / self.time_scale)
                 await self.client.tool(pid, step=self.plan.tool_step, tool=c.tool, finished=True,
                                        duration_s=c.tool_duration_s)
-        await self.client.close_program(pid)
-        self.stats.jct_s.append(self.now_s() - start)
 
 
 __all__ = ["LiveCall", "LiveReplay", "LiveStats", "prepare"]

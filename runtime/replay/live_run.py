@@ -11,6 +11,7 @@ programs, with the same token ids, through real engines and real RPCs (live.py).
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -87,8 +88,9 @@ async def _through_service(setup, programs, plan, progress):
     client = ServiceClient(setup.service, transport=transport)
     try:
         health = await client.connect()
+        # fresh ids per run: the service remembers closed programs, so a second replay must not reuse them
         replay = LiveReplay(programs, plan, client, time_scale=setup.time_scale, num_in_flight=setup.concurrency,
-                            seed=setup.seed, on_progress=progress)
+                            seed=setup.seed, on_progress=progress, run_id=f"r{uuid.uuid4().hex[:8]}")
         return health.policy or "service", await replay.run()
     finally:
         await client.close()

@@ -8,8 +8,8 @@ from dataclasses import replace
 
 from agentflow.runtime.clock import ScaledClock
 from agentflow.runtime.service import routing
-from agentflow.runtime.service.core import CoreConfig, ServiceCore
-from agentflow.runtime.service.journal import Journal
+from agentflow.runtime.service.core import CoreConfig, Limits, ServiceCore
+from agentflow.runtime.service.journal import Journal, JournalError
 from agentflow.runtime.service.server import SchedulerServer, Transport
 from agentflow.runtime.service.worker_agent import AgentConfig, WorkerAgent
 
@@ -17,9 +17,10 @@ from agentflow.runtime.service.worker_agent import AgentConfig, WorkerAgent
 def build_scheduler(*, listen: str = "127.0.0.1:0", policy: str = "agentflow", journal_path: str = ":memory:",
                     time_scale: float = 1.0, worker_timeout_s: float = 3.0, heartbeat_interval_s: float = 0.5,
                     ttft_slo_s: float | None = None, otel: str = "none", otel_endpoint: str | None = None,
-                    transport: Transport | None = None, tick_interval_s: float = 0.05
-                    ) -> tuple[SchedulerServer, int]:
-    """A scheduler server (not started) and how many open programs it recovered from the journal."""
+                    transport: Transport | None = None, tick_interval_s: float = 0.05,
+                    limits: Limits | None = None) -> tuple[SchedulerServer, int]:
+    """A scheduler server (not started) and how many open programs it recovered from the journal.
+    Settings it cannot start with raise ValueError or JournalError with one line to show."""
     from agentflow.runtime.policies import POLICY_NAMES
 
     if policy not in POLICY_NAMES or policy == "belady":
@@ -37,11 +38,19 @@ def build_scheduler(*, listen: str = "127.0.0.1:0", policy: str = "agentflow", j
         from agentflow.runtime.service.telemetry import setup_telemetry
 
         telemetry = setup_telemetry(exporter=otel, endpoint=otel_endpoint, service_name="agentflow-scheduler")
+    transport = transport or Transport()
+    transport.check_server()
     config = CoreConfig(policy=policy, heartbeat_interval_s=heartbeat_interval_s, worker_timeout_s=worker_timeout_s,
-                        router=router)
-    core = ServiceCore(config, clock=ScaledClock(time_scale), journal=Journal(journal_path), telemetry=telemetry)
-    recovered = core.recover()
-    return SchedulerServer(core, listen, transport=transport or Transport(), tick_interval_s=tick_interval_s), recovered
+                        router=router, limits=limits or Limits())
+    journal = Journal(journal_path)
+    core = ServiceCore(config, clock=ScaledClock(time_scale), journal=journal, telemetry=telemetry)
+    try:
+        recovered = core.recover()
+    except Exception as exc:  # a journal whose rows do not replay: refuse, do not guess
+        journal.close()
+        raise JournalError(f"journal {journal_path} cannot be recovered ({type(exc).__name__}: {exc}); "
+                           f"{journal.way_out}") from None
+    return SchedulerServer(core, listen, transport=transport, tick_interval_s=tick_interval_s), recovered
 
 
 def make_engine(engine: str, *, name: str, preset: str = "llama-3.1-8b-h100", kv_tokens: int | None = None,
@@ -83,13 +92,15 @@ def default_worker_id(engine: str, address: str) -> str:
 def build_worker(*, scheduler: str, engine: str = "sim", worker_id: str | None = None, listen: str = "127.0.0.1:0",
                  advertise: str | None = None, preset: str = "llama-3.1-8b-h100", kv_tokens: int | None = None,
                  host_tokens: int | None = None, strategy: str = "priority", time_scale: float = 1.0,
-                 sglang_url: str | None = None, transport: Transport | None = None) -> WorkerAgent:
+                 sglang_url: str | None = None, transport: Transport | None = None,
+                 callers=None) -> WorkerAgent:
+    """`callers`: the Credentials its own service checks (clients' tenants); None: the transport's."""
     wid = worker_id or default_worker_id(engine, advertise or listen)
     eng = make_engine(engine, name=wid, preset=preset, kv_tokens=kv_tokens, host_tokens=host_tokens,
                       strategy=strategy, time_scale=time_scale, sglang_url=sglang_url)
     cfg = AgentConfig(worker_id=wid, scheduler=scheduler, listen=listen, advertise=advertise, engine_kind=engine,
                       time_scale=time_scale)
-    return WorkerAgent(eng, cfg, transport=transport or Transport())
+    return WorkerAgent(eng, cfg, transport=transport or Transport(), callers=callers)
 
 
 __all__ = ["build_scheduler", "build_worker", "make_engine"]

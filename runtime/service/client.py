@@ -14,7 +14,9 @@ Two kinds of failure are handled here so callers do not have to:
     to `scheduler_retry_s`; program-scoped requests carry `event_seq`, so a retried request that
     did reach the old scheduler is not applied twice;
   * the worker fails under a call (`UNAVAILABLE` on Generate): the call is submitted again with
-    `failed_worker` set (the scheduler routes it elsewhere) and run there, once.
+    `failed_worker` set (the scheduler routes it elsewhere) and run there; again while workers keep
+    failing, for up to `worker_retry_s` (every worker killed: the scheduler holds the call until
+    new ones register, then it runs there).
 """
 
 from __future__ import annotations
@@ -46,8 +48,9 @@ class ServiceUnavailable(Exception):
 
 class ServiceClient:
     def __init__(self, address: str, *, transport: Transport = Transport(), scheduler_retry_s: float = 30.0,
-                 rpc_timeout_s: float = 10.0):
+                 rpc_timeout_s: float = 10.0, worker_retry_s: float = 60.0):
         self.address = address
+        self.worker_retry_s = worker_retry_s
         self.transport = transport
         self.scheduler_retry_s = scheduler_retry_s
         self.rpc_timeout_s = rpc_timeout_s
@@ -157,22 +160,32 @@ class ServiceClient:
         """Submit, run on the routed worker, and if that worker fails under it, run it once more
         elsewhere. Returns the final route and the result."""
         route = await self.submit(call)
-        for attempt in (0, 1):
+        deadline = time.monotonic() + self.worker_retry_s
+        backoff = 0.05
+        while True:
             try:
                 result = await collect(self.generate(route, request), where=f"worker {route.worker_id}",
                                        call_id=call.call_id, on_chunk=on_chunk)
                 return route, result
             except grpc.aio.AioRpcError as exc:
-                if attempt == 1 or exc.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED,
-                                                      grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL):
+                retryable = exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED,
+                                           grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL)
+                if time.monotonic() >= deadline or not retryable:
                     self._report_failed(call.call_id, route.worker_id, f"{exc.code().name}: {exc.details()}")
+                    if retryable:  # name the worker that failed, not the scheduler
+                        raise ServiceUnavailable(
+                            f"call {call.call_id}: worker {route.worker_id} at {route.worker_address} failed "
+                            f"({exc.code().name}: {exc.details()}), and no worker ran it within "
+                            f"{self.worker_retry_s:g} s") from None
                     raise
                 self.retries += 1
+                if self.retries > 1:
+                    await asyncio.sleep(backoff)  # workers failing one after another: give them time
+                    backoff = min(1.0, backoff * 2)
                 route = await self.submit(replace(call, failed_worker=route.worker_id, event_seq=0))
             except (asyncio.CancelledError, Exception) as exc:  # the caller gave up on it (cancel, timeout)
                 self._report_failed(call.call_id, route.worker_id, type(exc).__name__)
                 raise
-        raise AssertionError("unreachable")
 
     def _report_failed(self, call_id: str, worker_id: str, error: str) -> None:
         """Tell the scheduler the call is over without a result (in the background: this runs on

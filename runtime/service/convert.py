@@ -95,8 +95,10 @@ def hint_from_pb(m: pb.ReuseHint, target_call_id: str) -> ReuseHint:
                      source_offset=m.source_offset, target_call_id=target_call_id)
 
 
-def call_from_pb(m: pb.SubmitCallRequest) -> CallRequest:
-    return CallRequest(program_id=m.program_id, call_id=m.call_id, step=m.step,
+def call_from_pb(m: pb.SubmitCallRequest, scope: str = "") -> CallRequest:
+    """`scope`: the caller's id scope ("tenant/" for a client; auth.Identity.scope)."""
+    return CallRequest(program_id=scope + m.program_id if m.program_id else "",
+                       call_id=scope + m.call_id if m.call_id else "", step=m.step,
                        prefixes=prefixes_from_pb(m.prefixes, "prefixes"), prompt_tokens=m.prompt_tokens,
                        expected_output_tokens=m.expected_output_tokens or 256, event_seq=m.event_seq,
                        failed_worker=m.failed_worker, input_spans=tuple(span_from_pb(s) for s in m.input_spans))

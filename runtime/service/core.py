@@ -38,14 +38,17 @@ from __future__ import annotations
 import contextlib
 import enum
 import hashlib
+import json
+import logging
 import math
+import sqlite3
 import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
-from agentflow.errors import AgentflowError, SpecError, WorkflowValidationError
+from agentflow.errors import AgentflowError, PositionError, SpecError, WorkflowValidationError
 from agentflow.graph.model import StepGraph
 from agentflow.runtime.decision import Decision, priority_of_steps
 from agentflow.runtime.events import (
@@ -60,6 +63,7 @@ from agentflow.runtime.service import routing
 from agentflow.runtime.service.journal import Journal
 
 CLOSED_REMEMBERED = 100_000  # closed program ids kept to answer "closed", not "unknown"
+log = logging.getLogger("agentflow.service")
 
 
 class Code(enum.Enum):
@@ -70,6 +74,9 @@ class Code(enum.Enum):
     ALREADY_EXISTS = "already_exists"
     FAILED_PRECONDITION = "failed_precondition"
     UNAVAILABLE = "unavailable"
+    RESOURCE_EXHAUSTED = "resource_exhausted"
+    PERMISSION_DENIED = "permission_denied"
+    INTERNAL = "internal"
 
 
 class ServiceError(AgentflowError):
@@ -77,6 +84,112 @@ class ServiceError(AgentflowError):
         super().__init__(f"{field}: {message}" if field else message)
         self.code = code
         self.field = field
+
+
+class NoWorker(ServiceError):
+    """No worker to route to (yet): the server holds the call until one registers (bounded)."""
+
+    def __init__(self, message: str):
+        super().__init__(Code.UNAVAILABLE, message)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Limits:
+    """What one client can make the service hold or do (docs/service.md, "Limits")."""
+
+    max_id_chars: int = 256  # program, call, step, tool, worker ids; prefix keys; tenants; addresses
+    max_spec_bytes: int = 1_048_576  # a workflow spec as JSON
+    max_workflow_steps: int = 2_000  # steps of one workflow (compile costs ~0.3 ms a step)
+    max_json_depth: int = 32  # nesting of a workflow spec
+    max_programs_per_tenant: int = 1_000  # open at once
+    max_workflows_per_tenant: int = 100  # distinct workflow specs compiled for a tenant
+    max_calls_per_program: int = 256  # in flight at once
+    max_prefixes_per_call: int = 64
+    max_input_spans_per_call: int = 64
+    max_tokens: int = 10_000_000  # prompt, output and prefix token counts
+    max_tool_duration_s: float = 7 * 86_400.0
+    max_workers: int = 1_024
+    max_kv_capacity_tokens: int = 1 << 40
+    max_rate_per_s: float = 1e12  # prefill and host-to-device tokens per second
+    program_idle_s: float = 3_600.0  # an open program without a request for this long is closed (cancelled)
+    worker_wait_s: float = 30.0  # a call with no worker to run it waits this long for one to register
+
+
+def check_id(value: str, fieldname: str, limits: Limits, *, required: bool = True) -> None:
+    if not value:
+        if required:
+            raise ServiceError(Code.INVALID_ARGUMENT, "must not be empty", field=fieldname)
+        return
+    if len(value) > limits.max_id_chars:
+        raise ServiceError(Code.INVALID_ARGUMENT, f"is {len(value)} characters; at most {limits.max_id_chars}",
+                           field=fieldname)
+    if not value.isprintable():
+        raise ServiceError(Code.INVALID_ARGUMENT, "must hold printable characters only", field=fieldname)
+
+
+def check_int(value: int, fieldname: str, lo: int, hi: int) -> None:
+    if not lo <= value <= hi:
+        raise ServiceError(Code.INVALID_ARGUMENT, f"must be in [{lo}, {hi}] (got {value})", field=fieldname)
+
+
+def check_float(value: float, fieldname: str, lo: float, hi: float, *, lo_open: bool = False) -> None:
+    ok = math.isfinite(value) and (lo < value if lo_open else lo <= value) and value <= hi
+    if not ok:
+        raise ServiceError(Code.INVALID_ARGUMENT, f"must be a finite number in {'(' if lo_open else '['}{lo:g}, "
+                           f"{hi:g}] (got {value})", field=fieldname)
+
+
+def _json_depth(text: str) -> int:
+    """Deepest nesting of brackets outside strings (a spec is refused before the parser recurses)."""
+    depth = deepest = 0
+    in_str = esc = False
+    for ch in text:
+        if in_str:
+            if esc:
+                esc = False
+            elif ch == "\\":
+                esc = True
+            elif ch == '"':
+                in_str = False
+        elif ch == '"':
+            in_str = True
+        elif ch in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch in "]}":
+            depth -= 1
+    return deepest
+
+
+def compile_workflow(spec: str, limits: Limits) -> StepGraph:
+    """A workflow spec (JSON) -> its step graph, or ServiceError naming workflow_spec. Pure: the
+    server runs it in a thread, off the RPC event loop."""
+    from agentflow.graph.position import Position, estimate
+    from agentflow.spec import WorkflowSpec
+
+    size = len(spec.encode())
+    if size > limits.max_spec_bytes:
+        raise ServiceError(Code.INVALID_ARGUMENT, f"is {size} bytes; at most {limits.max_spec_bytes}",
+                           field="workflow_spec")
+    depth = _json_depth(spec)
+    if depth > limits.max_json_depth:
+        raise ServiceError(Code.INVALID_ARGUMENT, f"nests {depth} levels deep; at most {limits.max_json_depth}",
+                           field="workflow_spec")
+    try:
+        steps = json.loads(spec).get("steps")
+    except (ValueError, AttributeError, RecursionError):
+        steps = None  # the spec parser says what is wrong
+    if isinstance(steps, list) and len(steps) > limits.max_workflow_steps:
+        raise ServiceError(Code.INVALID_ARGUMENT, f"has {len(steps)} steps; at most {limits.max_workflow_steps}",
+                           field="workflow_spec")
+    try:
+        graph = WorkflowSpec.parse(spec, source="workflow_spec", fmt="json").compile().graph
+        estimate(graph, Position.start(graph))  # the first arrival's tables, built here, not on the event loop
+    except (SpecError, WorkflowValidationError, PositionError) as exc:
+        raise ServiceError(Code.INVALID_ARGUMENT, str(exc), field="workflow_spec") from None
+    except RecursionError:
+        raise ServiceError(Code.INVALID_ARGUMENT, "nests too deep", field="workflow_spec") from None
+    return graph
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -142,6 +255,7 @@ class _Program:
     share_kv_across_programs: bool = False
     last_seq: int = 0
     answers: dict[str, RouteAnswer] = field(default_factory=dict)  # calls in flight -> their route
+    last_active_s: float = 0.0  # wall time of its last request (idle programs expire)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -152,6 +266,7 @@ class CoreConfig:
     router: routing.RouterConfig = routing.RouterConfig()
     scheduler: SchedulerConfig = SchedulerConfig()
     kv_bytes_per_token: int = 131_072  # telemetry's pinned bytes (Llama-3.1-8B, fp16: 32 layers x 8 KV heads x 128 x 2 x 2 B)
+    limits: Limits = Limits()
 
 
 class _Clock:
@@ -192,17 +307,43 @@ class ServiceCore:
         # cross-agent reuse hints of submitted calls, from the step that planned them until the
         # call's answer takes them (normally the same submit_many; kept while the call is in flight)
         self._hints: dict[str, tuple[ReuseHint, ...]] = {}
+        self._tenant_programs: dict[str, int] = {}  # open programs per tenant (quota)
+        self._tenant_workflows: dict[str, set[str]] = {}  # workflow hashes compiled for each tenant (quota)
+        self._unrouted_ok: set[str] = set()  # calls in flight at recovery, not routed since
+        self.journal_failures = 0  # journal writes that failed (disk full ...); memory was rebuilt each time
 
     # ================================================================ workers ===================
+    def check_worker(self, spec: WorkerSpec, load: LoadReport) -> None:
+        """Every field of a registration, before anything is applied (a bad one never reaches routing)."""
+        lim = self.config.limits
+        check_id(spec.worker_id, "info.worker_id", lim)
+        check_id(spec.address, "info.address", lim)
+        host, sep, port = spec.address.rpartition(":")
+        in_process = host == "inprocess"  # InProcessClient's engines (no network)
+        if not in_process and (not sep or not host or not port.isdigit() or not 0 < int(port) < 65536
+                               or " " in host):
+            raise ServiceError(Code.INVALID_ARGUMENT, f"must be host:port of the worker's service (got "
+                               f"{spec.address[:64]!r})", field="info.address")
+        check_id(spec.engine, "info.engine", lim)
+        check_int(spec.kv_capacity_tokens, "info.kv_capacity_tokens", 1, lim.max_kv_capacity_tokens)
+        check_int(spec.host_capacity_tokens, "info.host_capacity_tokens", 0, lim.max_kv_capacity_tokens)
+        check_float(spec.h2d_tokens_per_s, "info.h2d_tokens_per_s", 0.0, lim.max_rate_per_s)
+        check_float(spec.prefill_tokens_per_s, "info.prefill_tokens_per_s", 0.0, lim.max_rate_per_s, lo_open=True)
+        check_float(spec.time_scale, "info.time_scale", 0.0, 1e6, lo_open=True)
+        self.check_load(load, "load", spec.kv_capacity_tokens)
+
+    def check_load(self, load: LoadReport, where: str, capacity: int | None = None) -> None:
+        hi = self.config.limits.max_kv_capacity_tokens
+        check_int(load.kv_used_tokens, f"{where}.kv_used_tokens", 0, hi)
+        check_int(load.queue_depth, f"{where}.queue_depth", 0, 1 << 31)
+        check_int(load.running, f"{where}.running", 0, 1 << 31)
+        check_int(load.pinned_tokens, f"{where}.pinned_tokens", 0, hi)
+
     def register_worker(self, spec: WorkerSpec, load: LoadReport = LoadReport()) -> None:
-        if not spec.worker_id:
-            raise ServiceError(Code.INVALID_ARGUMENT, "must not be empty", field="info.worker_id")
-        if spec.kv_capacity_tokens <= 0:
-            raise ServiceError(Code.INVALID_ARGUMENT, f"must be > 0 (got {spec.kv_capacity_tokens})",
-                               field="info.kv_capacity_tokens")
-        if not spec.address:
-            raise ServiceError(Code.INVALID_ARGUMENT, "must be host:port of the worker's service",
-                               field="info.address")
+        self.check_worker(spec, load)
+        if spec.worker_id not in self.workers and len(self.workers) >= self.config.limits.max_workers:
+            raise ServiceError(Code.RESOURCE_EXHAUSTED, f"{len(self.workers)} workers are registered; at most "
+                               f"{self.config.limits.max_workers}", field="info.worker_id")
         old = self.workers.get(spec.worker_id)
         self.workers[spec.worker_id] = _Worker(spec=spec, load=load, last_seen_s=self.wall(),
                                                in_flight=old.in_flight if old else 0)
@@ -212,6 +353,7 @@ class ServiceCore:
         w = self.workers.get(worker_id)
         if w is None:
             return False
+        self.check_load(load, "load")
         w.load, w.last_seen_s = load, self.wall()
         self._update(worker_id)
         if self.telemetry is not None:
@@ -248,39 +390,71 @@ class ServiceCore:
         return lost
 
     # ================================================================ programs ==================
+    def needs_compile(self, workflow_spec: str, workflow_hash: str) -> str | None:
+        """The hash of a spec that open_program would compile (the server compiles it first, in a
+        thread, with `compile_workflow`), or None."""
+        if not workflow_spec:
+            return None
+        h = hashlib.sha256(workflow_spec.encode()).hexdigest()
+        return None if h in self.graphs else h
+
     def open_program(self, program_id: str, *, tenant: str = "", workflow_spec: str = "",
-                     workflow_hash: str = "", share_kv_across_programs: bool = False) -> tuple[str, bool]:
-        if not program_id:
-            raise ServiceError(Code.INVALID_ARGUMENT, "must not be empty", field="program_id")
+                     workflow_hash: str = "", share_kv_across_programs: bool = False,
+                     compiled: StepGraph | None = None) -> tuple[str, bool]:
+        lim = self.config.limits
+        check_id(program_id, "program_id", lim)
+        check_id(tenant, "tenant", lim, required=False)
+        if len(workflow_hash) > 64:
+            raise ServiceError(Code.INVALID_ARGUMENT, "must be a sha256 in hex (64 characters)", field="workflow_hash")
+        tenant = tenant or "default"
         if program_id in self.programs:
-            return self.programs[program_id].workflow_hash, False
+            prog = self.programs[program_id]
+            prog.last_active_s = self.wall()
+            return prog.workflow_hash, False
         if program_id in self.closed:
             raise ServiceError(Code.FAILED_PRECONDITION, f"program {program_id!r} was closed; open it under a new id",
                                field="program_id")
-        h = self._workflow(workflow_spec, workflow_hash)
-        tenant = tenant or "default"
+        if self._tenant_programs.get(tenant, 0) >= lim.max_programs_per_tenant:
+            raise ServiceError(Code.RESOURCE_EXHAUSTED, f"tenant {tenant!r} has {lim.max_programs_per_tenant} "
+                               "programs open, its quota: close some first", field="program_id")
+        with self._durable():
+            h = self._workflow(workflow_spec, workflow_hash, tenant, compiled)
+            now = self.clock.now_s()
+            if self.journal is not None:
+                self.journal.open_program(program_id, h, tenant, now, share_kv_across_programs)
+            try:
+                # the scheduler's reuse namespace (namespace_for) is the executor's: same tenant, same opt-in
+                self.sched.apply(ProgramArrived(program_id=program_id, graph=self.graphs[h], tenant=tenant,
+                                                share_kv_across_programs=share_kv_across_programs))
+            except (SchedulerError, PositionError) as exc:
+                if self.journal is not None:
+                    self.journal.close_program(program_id)
+                raise ServiceError(Code.INVALID_ARGUMENT, str(exc), field="workflow_spec") from None
         self.programs[program_id] = _Program(program_id=program_id, workflow_hash=h, tenant=tenant,
-                                             share_kv_across_programs=share_kv_across_programs)
-        now = self.clock.now_s()
-        if self.journal is not None:
-            self.journal.open_program(program_id, h, tenant, now, share_kv_across_programs)
-        # the scheduler's reuse namespace (namespace_for) is the executor's: same tenant, same opt-in
-        self.sched.apply(ProgramArrived(program_id=program_id, graph=self.graphs[h], tenant=tenant,
-                                        share_kv_across_programs=share_kv_across_programs))
+                                             share_kv_across_programs=share_kv_across_programs,
+                                             last_active_s=self.wall())
+        self._tenant_programs[tenant] = self._tenant_programs.get(tenant, 0) + 1
         if self.telemetry is not None:
             self.telemetry.start_program(program_id, self.graphs[h].name, attributes={"agentflow.tenant": tenant})
         return h, True
 
-    def _workflow(self, spec: str, spec_hash: str) -> str:
+    def _workflow(self, spec: str, spec_hash: str, tenant: str = "default",
+                  compiled: StepGraph | None = None) -> str:
         if spec:
             h = hashlib.sha256(spec.encode()).hexdigest()
             if spec_hash and spec_hash != h:
                 raise ServiceError(Code.INVALID_ARGUMENT, f"is not the sha256 of workflow_spec ({h})",
                                    field="workflow_hash")
             if h not in self.graphs:
-                self._compile(h, spec)
-                if self.journal is not None:
+                mine = self._tenant_workflows.setdefault(tenant, set())
+                if len(mine) >= self.config.limits.max_workflows_per_tenant:
+                    raise ServiceError(Code.RESOURCE_EXHAUSTED, f"tenant {tenant!r} has "
+                                       f"{len(mine)} workflows compiled, its quota", field="workflow_spec")
+                graph = compiled if compiled is not None else compile_workflow(spec, self.config.limits)
+                if self.journal is not None:  # journaled first: a graph in memory is always in the journal
                     self.journal.put_workflow(h, spec)
+                self.graphs[h] = graph
+                mine.add(h)
             return h
         if not spec_hash:
             raise ServiceError(Code.INVALID_ARGUMENT, "one of workflow_spec or workflow_hash is required",
@@ -299,8 +473,25 @@ class ServiceCore:
             raise ServiceError(Code.INVALID_ARGUMENT, str(exc), field="workflow_spec") from None
         self.graphs[h] = compiled.graph
 
+    @contextlib.contextmanager
+    def _durable(self):
+        """A journal write that fails (disk full, I/O error) leaves memory as the journal says:
+        the open transaction is rolled back and the scheduler rebuilt from the journal, and the
+        caller gets a retryable UNAVAILABLE (the same request, repeated when space returns, works)."""
+        try:
+            yield
+        except sqlite3.Error as exc:
+            self.journal_failures += 1
+            log.error("journal write failed (%s): state rebuilt from the journal; requests get UNAVAILABLE", exc)
+            self._resync()
+            raise ServiceError(Code.UNAVAILABLE, f"the journal could not be written ({exc}); nothing was applied, "
+                               "retry later") from None
+
     def _program(self, program_id: str, fieldname: str = "program_id") -> _Program:
         prog = self.programs.get(program_id)
+        if prog is not None:
+            prog.last_active_s = self.wall()
+            return prog
         if prog is None:
             if program_id in self.closed:
                 raise ServiceError(Code.FAILED_PRECONDITION, f"program {program_id!r} is closed", field=fieldname)
@@ -331,12 +522,19 @@ class ServiceCore:
     def submit_many(self, reqs: list[CallRequest]) -> list[RouteAnswer | ServiceError]:
         """Apply a batch of submissions, take one scheduling step, route each call."""
         out: list[RouteAnswer | ServiceError | CallRequest] = []
-        with self.journal.batch() if self.journal is not None else contextlib.nullcontext():
-            for req in reqs:
-                try:
-                    out.append(self._apply_submit(req))
-                except ServiceError as exc:
-                    out.append(exc)
+        try:
+            with self._durable(), self.journal.batch() if self.journal is not None else contextlib.nullcontext():
+                for req in reqs:
+                    try:
+                        out.append(self._apply_submit(req))
+                    except ServiceError as exc:
+                        out.append(exc)
+                    except Exception as exc:  # a bug must fail this call only, never its batch-mates
+                        log.exception("submission of %r failed", req.call_id)
+                        out.append(ServiceError(Code.INTERNAL, f"the scheduler could not apply it ({exc})",
+                                                field="call_id"))
+        except ServiceError as exc:  # the journal refused the batch: nothing of it was applied
+            return [exc] * len(reqs)
         self._step()
         self._batch_loads = {w.name: w for w in self._build_loads("")}
         try:
@@ -346,21 +544,57 @@ class ServiceCore:
                         out[i] = self._answer(item)
                     except ServiceError as exc:
                         out[i] = exc
+                    except Exception as exc:  # a bug routing one call fails that call only
+                        log.exception("routing of %r failed", item.call_id)
+                        out[i] = ServiceError(Code.INTERNAL, f"the scheduler could not route it ({exc})",
+                                              field="call_id")
         finally:
             self._batch_loads = None
         return out  # type: ignore[return-value]
 
+    def check_call(self, req: CallRequest) -> None:
+        """Every field of a submission on its own (no state): the error names the field."""
+        lim = self.config.limits
+        check_id(req.program_id, "program_id", lim)
+        check_id(req.call_id, "call_id", lim)
+        check_id(req.step, "step", lim)
+        check_id(req.failed_worker, "failed_worker", lim, required=False)
+        check_int(req.prompt_tokens, "prompt_tokens", 0, lim.max_tokens)
+        check_int(req.expected_output_tokens, "expected_output_tokens", 0, lim.max_tokens)
+        check_int(req.event_seq, "event_seq", 0, 1 << 62)
+        if len(req.prefixes) > lim.max_prefixes_per_call:
+            raise ServiceError(Code.INVALID_ARGUMENT, f"holds {len(req.prefixes)} prefixes; at most "
+                               f"{lim.max_prefixes_per_call}", field="prefixes")
+        last = 0
+        for i, p in enumerate(req.prefixes):
+            check_id(p.key, f"prefixes[{i}].key", lim)
+            check_id(p.parent or "", f"prefixes[{i}].parent", lim, required=False)
+            check_id(p.namespace, f"prefixes[{i}].namespace", lim, required=False)
+            if p.num_tokens > req.prompt_tokens:
+                raise ServiceError(Code.INVALID_ARGUMENT, f"has {p.num_tokens} tokens, more than the prompt's "
+                                   f"{req.prompt_tokens}", field=f"prefixes[{i}].num_tokens")
+            if p.num_tokens < last:
+                raise ServiceError(Code.INVALID_ARGUMENT, f"has {p.num_tokens} tokens, fewer than the prefix before "
+                                   f"it ({last}): prefixes go root first, cumulative", field=f"prefixes[{i}].num_tokens")
+            last = p.num_tokens
+        if len(req.input_spans) > lim.max_input_spans_per_call:
+            raise ServiceError(Code.INVALID_ARGUMENT, f"holds {len(req.input_spans)} spans; at most "
+                               f"{lim.max_input_spans_per_call}", field="input_spans")
+        for i, sp in enumerate(req.input_spans):
+            check_id(sp.source_step, f"input_spans[{i}].source_step", lim, required=False)  # _check_spans says why
+            check_int(sp.target_offset, f"input_spans[{i}].target_offset", -lim.max_tokens, lim.max_tokens)
+            check_int(sp.source_offset, f"input_spans[{i}].source_offset", -lim.max_tokens, lim.max_tokens)
+        _check_spans(req)
+
     def _apply_submit(self, req: CallRequest) -> RouteAnswer | CallRequest:
-        if not req.call_id:
-            raise ServiceError(Code.INVALID_ARGUMENT, "must not be empty", field="call_id")
-        if req.prompt_tokens < 0 or req.expected_output_tokens < 0:
-            raise ServiceError(Code.INVALID_ARGUMENT, "token counts must be >= 0", field="prompt_tokens")
+        self.check_call(req)
         prog = self._program(req.program_id)
         if req.failed_worker:  # a retry of a call whose worker failed under it
             if req.call_id not in self.sched.calls:  # it finished there after all: just route it again
                 return req
-            if req.failed_worker in self.workers:
-                self.lose_worker(req.failed_worker)
+            if str(self.sched.calls[req.call_id].program_id) != req.program_id:
+                raise ServiceError(Code.NOT_FOUND, f"call {req.call_id!r} is not in flight", field="call_id")
+            self._suspect(req.failed_worker)
             self.call_worker.pop(req.call_id, None)
             return req
         if self._seen(prog, req.event_seq):
@@ -373,12 +607,16 @@ class ServiceCore:
                                    f"(last {prog.last_seq}) and call {req.call_id!r} is not in flight",
                                    field="event_seq")
             return ans
-        for i, p in enumerate(req.prefixes):
-            if p.num_tokens > req.prompt_tokens:
-                raise ServiceError(Code.INVALID_ARGUMENT, f"has {p.num_tokens} tokens, more than the prompt's "
-                                   f"{req.prompt_tokens}", field=f"prefixes[{i}].num_tokens")
-        _check_spans(req)
-        try:
+        call = self.sched.calls.get(req.call_id)
+        if call is not None and str(call.program_id) == req.program_id and req.call_id not in self.call_worker \
+                and req.call_id not in prog.answers:
+            return req  # submitted when no worker could take it: route it now
+        if len(prog.answers) >= self.config.limits.max_calls_per_program and req.call_id not in self.sched.calls:
+            raise ServiceError(Code.RESOURCE_EXHAUSTED, f"program {req.program_id!r} has "
+                               f"{len(prog.answers)} calls in flight; at most {self.config.limits.max_calls_per_program}",
+                               field="call_id")
+        try:  # a step the program cannot enter (a loop past its bound) raises PositionError: this call fails
+            # alone (the scheduler checks before it moves the program; only its pins were released)
             self.sched.apply(CallSubmitted(program_id=req.program_id, call_id=req.call_id, step=req.step,
                                            prefixes=req.prefixes, prompt_tokens=req.prompt_tokens,
                                            expected_output_tokens=req.expected_output_tokens,
@@ -387,6 +625,8 @@ class ServiceCore:
             fieldname = "call_id" if "submitted twice" in str(exc) else "step"
             code = Code.ALREADY_EXISTS if fieldname == "call_id" else Code.INVALID_ARGUMENT
             raise ServiceError(code, str(exc), field=fieldname) from None
+        except PositionError as exc:
+            raise ServiceError(Code.FAILED_PRECONDITION, str(exc), field="step") from None
         body = {"call_id": req.call_id, "step": req.step, "prompt_tokens": req.prompt_tokens,
                 "expected_output_tokens": req.expected_output_tokens,
                 "prefixes": [[p.key, p.parent, p.num_tokens, p.namespace] for p in req.prefixes]}
@@ -439,8 +679,16 @@ class ServiceCore:
         else:
             loads = self._build_loads(exclude)
         if not loads:
-            raise ServiceError(Code.UNAVAILABLE, "no worker is registered" + (f" besides {exclude!r}" if exclude else ""))
+            raise NoWorker("no worker is registered" + (f" besides {exclude!r}" if exclude else ""))
         return loads
+
+    def _suspect(self, worker_id: str) -> None:
+        """A client says a call failed on this worker. The call goes elsewhere; the worker is lost
+        only if its heartbeats say so too (late by two intervals): one client cannot take a healthy
+        worker away from everyone."""
+        w = self.workers.get(worker_id)
+        if w is not None and self.wall() - w.last_seen_s > 2 * self.config.heartbeat_interval_s:
+            self.lose_worker(worker_id)
 
     def _routed(self, worker: str) -> None:
         w = self.workers[worker]
@@ -481,30 +729,67 @@ class ServiceCore:
                                  expected_output_tokens=req.expected_output_tokens)
         return routing.route(r, self._loads(exclude), self.config.router)
 
-    def call_started(self, call_id: str, worker_id: str) -> None:
+    def _reported_call(self, call_id: str, worker_id: str, reporter: str | None):
+        """The call a worker reports on. `reporter`: the worker id the caller authenticated as
+        (None: an admin or an open service). A worker reports only calls routed to it (or, after a
+        restart, calls the journal holds with no route yet); any other id reads as not in flight."""
+        check_id(call_id, "call_id", self.config.limits)
+        check_id(worker_id, "worker_id", self.config.limits, required=reporter is not None)
         call = self.sched.calls.get(call_id)
+        missing = ServiceError(Code.NOT_FOUND, f"call {call_id!r} is not in flight (finished already, or its "
+                               "program closed)", field="call_id")
         if call is None:
-            raise ServiceError(Code.NOT_FOUND, f"call {call_id!r} is not in flight", field="call_id")
-        self.sched.apply(CallStarted(call_id=call_id, worker=worker_id))
-        self._journal(self.programs[str(call.program_id)], "started", {"call_id": call_id, "worker": worker_id}, 0)
+            raise missing
+        if reporter is not None:
+            if worker_id != reporter:
+                raise ServiceError(Code.PERMISSION_DENIED, f"this credential is worker {reporter!r}'s",
+                                   field="worker_id")
+            routed = self.call_worker.get(call_id)
+            if routed != reporter and not (routed is None and call.worker in (None, reporter)
+                                           and call_id in self._unrouted_ok):
+                raise missing
+        return call
+
+    def call_started(self, call_id: str, worker_id: str, *, reporter: str | None = None) -> None:
+        call = self._reported_call(call_id, worker_id, reporter)
+        with self._durable():
+            self.sched.apply(CallStarted(call_id=call_id, worker=worker_id))
+            self._journal(self.programs[str(call.program_id)], "started", {"call_id": call_id, "worker": worker_id}, 0)
         self._step()
 
     def call_finished(self, call_id: str, worker_id: str, *, output_tokens: int,
                       cached: tuple[PrefixRef, ...] = (), prompt_tokens: int | None = None,
-                      cached_tokens: int | None = None, ttft_s: float | None = None) -> None:
-        call = self.sched.calls.get(call_id)
-        if call is None:
-            raise ServiceError(Code.NOT_FOUND, f"call {call_id!r} is not in flight (finished already, or its "
-                               "program closed)", field="call_id")
+                      cached_tokens: int | None = None, ttft_s: float | None = None,
+                      reporter: str | None = None) -> None:
+        call = self._reported_call(call_id, worker_id, reporter)
+        lim = self.config.limits
+        check_int(output_tokens, "output_tokens", 0, lim.max_tokens)
+        for name, v in (("prompt_tokens", prompt_tokens), ("cached_tokens", cached_tokens)):
+            if v is not None:
+                check_int(v, name, 0, lim.max_tokens)
+        if ttft_s is not None:
+            check_float(ttft_s, "ttft_s", 0.0, lim.max_tool_duration_s)
+        if len(cached) > lim.max_prefixes_per_call:
+            raise ServiceError(Code.INVALID_ARGUMENT, f"holds {len(cached)} prefixes; at most "
+                               f"{lim.max_prefixes_per_call}", field="cached")
+        for i, p in enumerate(cached):
+            check_id(p.key, f"cached[{i}].key", lim)
+            check_id(p.parent or "", f"cached[{i}].parent", lim, required=False)
+            check_id(p.namespace, f"cached[{i}].namespace", lim, required=False)
+            check_int(p.num_tokens, f"cached[{i}].num_tokens", 0, lim.max_tokens)
+        prog = self.programs[str(call.program_id)]
+        with self._durable():
+            self.sched.apply(CallFinished(call_id=call_id, worker=worker_id, output_tokens=output_tokens,
+                                          cached=cached))
+            self._journal(prog, "finished", {"call_id": call_id, "worker": worker_id, "output_tokens": output_tokens,
+                                             "cached": [[p.key, p.parent, p.num_tokens, p.namespace] for p in cached]},
+                          0)
         w = self.workers.get(self.call_worker.pop(call_id, worker_id))
         if w is not None:
             w.in_flight = max(0, w.in_flight - 1)
-        self.sched.apply(CallFinished(call_id=call_id, worker=worker_id, output_tokens=output_tokens, cached=cached))
-        prog = self.programs[str(call.program_id)]
+        self._unrouted_ok.discard(call_id)
         prog.answers.pop(call_id, None)
         self._hints.pop(call_id, None)
-        self._journal(prog, "finished", {"call_id": call_id, "worker": worker_id, "output_tokens": output_tokens,
-                                         "cached": [[p.key, p.parent, p.num_tokens, p.namespace] for p in cached]}, 0)
         if self.telemetry is not None:
             t = self.telemetry
             t.end_llm_call(call_id, output_tokens=output_tokens, prompt_tokens=prompt_tokens,
@@ -514,13 +799,13 @@ class ServiceCore:
                 t.record_hit(prompt_tokens, cached_tokens, worker=worker_id)
         self._step()
 
-    def call_failed(self, call_id: str, worker_id: str, error: str = "") -> bool:
+    def call_failed(self, call_id: str, worker_id: str, error: str = "", *, reporter: str | None = None) -> bool:
         """A call that ended without a result (cancelled by its program, or the engine refused it):
         it leaves the scheduler as a call that produced nothing, so it holds no place in the queue
         and no worker's load. False when the call is not in flight (finished, retried, closed)."""
         if call_id not in self.sched.calls:
             return False
-        self.call_finished(call_id, worker_id or self.call_worker.get(call_id, ""), output_tokens=0)
+        self.call_finished(call_id, worker_id or self.call_worker.get(call_id, ""), output_tokens=0, reporter=reporter)
         if self.telemetry is not None:
             self.telemetry.end_llm_call(call_id, error=error or "failed")
         return True
@@ -528,23 +813,30 @@ class ServiceCore:
     # ================================================================ tools and closing =========
     def tool(self, program_id: str, *, step: str, tool: str, finished: bool, duration_s: float = 0.0,
              event_seq: int = 0) -> None:
+        lim = self.config.limits
+        check_id(program_id, "program_id", lim)
+        check_id(step, "step", lim)
+        check_id(tool, "tool", lim)
+        check_int(event_seq, "event_seq", 0, 1 << 62)
+        if finished:
+            check_float(duration_s, "duration_s", 0.0, lim.max_tool_duration_s)
         prog = self._program(program_id)
-        if not tool:
-            raise ServiceError(Code.INVALID_ARGUMENT, "must not be empty", field="tool")
-        if finished and not (duration_s >= 0 and math.isfinite(duration_s)):
-            raise ServiceError(Code.INVALID_ARGUMENT, f"must be a finite number >= 0 (got {duration_s})",
-                               field="duration_s")
+        sprog = self.sched.programs.get(program_id)
+        if sprog is not None and step not in sprog.graph.steps:
+            raise ServiceError(Code.INVALID_ARGUMENT, f"workflow '{sprog.graph.name}' has no step {step!r}",
+                               field="step")
         if self._seen(prog, event_seq):
             return
-        try:
-            if finished:
-                self.sched.apply(ToolFinished(program_id=program_id, step=step, tool=tool, duration_s=duration_s))
-            else:
-                self.sched.apply(ToolStarted(program_id=program_id, step=step, tool=tool))
-        except SchedulerError as exc:
-            raise ServiceError(Code.INVALID_ARGUMENT, str(exc), field="step") from None
-        self._journal(prog, "tool_finished" if finished else "tool_started",
-                      {"step": step, "tool": tool, "duration_s": duration_s}, event_seq)
+        with self._durable():
+            try:
+                if finished:
+                    self.sched.apply(ToolFinished(program_id=program_id, step=step, tool=tool, duration_s=duration_s))
+                else:
+                    self.sched.apply(ToolStarted(program_id=program_id, step=step, tool=tool))
+            except (SchedulerError, PositionError) as exc:
+                raise ServiceError(Code.INVALID_ARGUMENT, str(exc), field="step") from None
+            self._journal(prog, "tool_finished" if finished else "tool_started",
+                          {"step": step, "tool": tool, "duration_s": duration_s}, event_seq)
         if self.telemetry is not None:
             if finished:
                 self.telemetry.end_tool(program_id, tool, attributes={"agentflow.tool.duration_s": duration_s})
@@ -555,10 +847,16 @@ class ServiceCore:
         self._step()
 
     def close(self, program_id: str, *, cancelled: bool = False, event_seq: int = 0) -> None:
+        check_id(program_id, "program_id", self.config.limits)
+        check_int(event_seq, "event_seq", 0, 1 << 62)
         if program_id in self.closed:
             return  # closing twice is a repeat, not an error
         prog = self._program(program_id)
+        with self._durable():
+            if self.journal is not None:  # first: a close the journal refused leaves the program open
+                self.journal.close_program(program_id)
         self.sched.apply(ProgramFinished(program_id=program_id, cancelled=cancelled))
+        self._tenant_programs[prog.tenant] = max(0, self._tenant_programs.get(prog.tenant, 1) - 1)
         for cid in prog.answers:
             w = self.workers.get(self.call_worker.pop(cid, ""))
             if w is not None:
@@ -569,8 +867,6 @@ class ServiceCore:
         self.closed[program_id] = None
         if len(self.closed) > CLOSED_REMEMBERED:
             self.closed.popitem(last=False)
-        if self.journal is not None:
-            self.journal.close_program(program_id)
         if self.telemetry is not None:
             self.telemetry.end_program(program_id, error="cancelled" if cancelled else None)
         self._step()
@@ -579,6 +875,50 @@ class ServiceCore:
     def tick(self) -> Decision:
         """A step with no new event (pins past their TTL end; periodic)."""
         return self._step()
+
+    def expire_programs(self) -> list[str]:
+        """Programs without a request for `limits.program_idle_s` are closed as cancelled (a client
+        that went away does not hold memory, journal rows and quota forever)."""
+        cutoff = self.wall() - self.config.limits.program_idle_s
+        idle = [pid for pid, p in self.programs.items() if p.last_active_s < cutoff]
+        done = []
+        for pid in idle:
+            try:
+                self.close(pid, cancelled=True)
+                done.append(pid)
+            except ServiceError as exc:  # the journal refused: try again next time
+                log.warning("idle program %s not closed: %s", pid, exc)
+                break
+        return done
+
+    def _resync(self) -> None:
+        """Memory := the journal (after a write the journal refused): a fresh scheduler, the
+        registered workers, then the journal's programs and events, as a recovery does."""
+        old = self.programs
+        self.sched = Scheduler(make_policy(self.policy_name), clock=self.clock, config=self.config.scheduler)
+        for wid in self.workers:
+            self._update(wid)
+        self.programs = {}
+        self._hints = {}
+        self._replay_journal()
+        for pid, prog in self.programs.items():
+            was = old.get(pid)
+            if was is not None:
+                prog.answers = {c: a for c, a in was.answers.items() if c in self.sched.calls}
+                prog.last_active_s = was.last_active_s
+            else:
+                prog.last_active_s = self.wall()
+        self.call_worker = {c: w for c, w in self.call_worker.items() if c in self.sched.calls}
+        for w in self.workers.values():
+            w.in_flight = 0
+        for wid in self.call_worker.values():
+            if wid in self.workers:
+                self.workers[wid].in_flight += 1
+        for pid in self.programs:
+            self.closed.pop(pid, None)
+        self._tenant_programs = {}
+        for prog in self.programs.values():
+            self._tenant_programs[prog.tenant] = self._tenant_programs.get(prog.tenant, 0) + 1
 
     def _step(self) -> Decision:
         d = self.sched.step()
@@ -596,6 +936,9 @@ class ServiceCore:
                     sink(worker, part)
         return d
 
+    def open_programs_of(self, tenant: str) -> int:
+        return self._tenant_programs.get(tenant, 0)
+
     def health(self) -> dict:
         elapsed = max(1e-9, self.wall() - self._started_wall)
         return {"epoch": self.epoch, "open_programs": len(self.programs), "waiting_calls": len(self.sched.waiting),
@@ -610,6 +953,22 @@ class ServiceCore:
             return 0
         for h, spec in j.workflows().items():
             self._compile(h, spec)
+        self._replay_journal()
+        now = self.wall()
+        for prog in self.programs.values():
+            prog.last_active_s = now
+            self._tenant_programs[prog.tenant] = self._tenant_programs.get(prog.tenant, 0) + 1
+        self._unrouted_ok = set(self.sched.calls)
+        # the scheduler's ReuseBook is rebuilt by the replay (programs' namespaces, finished calls);
+        # hints replanned for calls still in flight go with their answer if the client asks again
+        self._hints = {c: h for c, h in self._hints.items() if c in self.sched.calls}
+        # calls submitted and not finished: answer their repeats with a fresh route when asked;
+        # calls and pins on workers that do not register again within the timeout: expire_workers
+        self._recovered_s = self.wall()
+        return len(self.programs)
+
+    def _replay_journal(self) -> None:
+        j = self.journal
         for tool, d in j.tool_samples():
             self.sched.tool_stats.observe(tool, d)
         try:
@@ -626,13 +985,6 @@ class ServiceCore:
                 self._step()
         finally:
             self.clock.fixed = None
-        # the scheduler's ReuseBook is rebuilt by the replay (programs' namespaces, finished calls);
-        # hints replanned for calls still in flight go with their answer if the client asks again
-        self._hints = {c: h for c, h in self._hints.items() if c in self.sched.calls}
-        # calls submitted and not finished: answer their repeats with a fresh route when asked;
-        # calls and pins on workers that do not register again within the timeout: expire_workers
-        self._recovered_s = self.wall()
-        return len(self.programs)
 
     def _replay(self, pid: str, kind: str, b: dict) -> None:
         refs = lambda rows: tuple(PrefixRef(key=k, parent=par, num_tokens=n, namespace=ns)  # noqa: E731

@@ -14,6 +14,11 @@ event under `synchronous=NORMAL`, and readers never block the writer):
     tool_samples(id, tool, duration_s)        what the TTL policy learned from closed programs
                                               (the newest N per tool)
 
+The file holds tenants' program ids, call ids, step and tool names, prefix keys (hashes of
+token ids and namespaces) and token counts; never prompts, outputs or credentials. It is created
+with mode 0600 (SQLite gives its -wal and -shm files the same mode), and an existing file is set
+to 0600 when opened.
+
 Closing a program deletes its rows, so the journal holds only what a restart needs; worker
 state is not journaled (workers register again when the scheduler comes back). Recovery replays
 each program's events into a fresh scheduler at their recorded times (`ServiceCore.recover`).
@@ -22,6 +27,7 @@ each program's events into a fresh scheduler at their recorded times (`ServiceCo
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -62,18 +68,39 @@ class JournaledEvent:
     body: dict
 
 
+class JournalError(Exception):
+    """A journal file that cannot be used; the message is one line naming the file and the way out."""
+
+
 class Journal:
     """An event journal in one SQLite file (":memory:" for none that survives)."""
 
     def __init__(self, path: str | Path = ":memory:"):
         self.path = str(path)
-        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(_SCHEMA)
-        if "share_kv" not in {r[1] for r in self._db.execute("PRAGMA table_info(programs)")}:
-            # a journal written before cross-agent reuse: its programs shared nothing
-            self._db.execute("ALTER TABLE programs ADD COLUMN share_kv INTEGER NOT NULL DEFAULT 0")
+        way_out = f"move it aside (mv {self.path} {self.path}.bad) to start empty, or pass --journal OTHER_PATH"
+        if self.path != ":memory:":
+            parent = Path(self.path).resolve().parent
+            if not parent.is_dir():
+                raise JournalError(f"journal {self.path}: directory {parent} does not exist; create it or pass "
+                                   "--journal PATH")
+            try:
+                os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
+                os.chmod(self.path, 0o600)
+            except OSError as exc:
+                raise JournalError(f"journal {self.path}: cannot open it ({exc.strerror}); fix its permissions or "
+                                   "pass --journal OTHER_PATH") from None
+        try:
+            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(_SCHEMA)
+            if "share_kv" not in {r[1] for r in self._db.execute("PRAGMA table_info(programs)")}:
+                # a journal written before cross-agent reuse: its programs shared nothing
+                self._db.execute("ALTER TABLE programs ADD COLUMN share_kv INTEGER NOT NULL DEFAULT 0")
+            self._db.execute("PRAGMA quick_check(1)").fetchone()
+        except sqlite3.DatabaseError as exc:
+            raise JournalError(f"journal {self.path} is not a readable agentflow journal ({exc}); {way_out}") from None
+        self.way_out = way_out
         self._pending = 0
         self._batch_depth = 0
         # Inside a batch, events and sequence numbers wait here and go in with one executemany
@@ -85,6 +112,8 @@ class Journal:
     def batch(self):
         """One transaction for every write inside (a batch of submissions: one commit, not N)."""
         if self._batch_depth == 0:
+            if self._db.in_transaction:  # left open by a failed statement: start clean
+                self._db.execute("ROLLBACK")
             self._db.execute("BEGIN")
         self._batch_depth += 1
         try:
@@ -94,12 +123,20 @@ class Journal:
             if self._batch_depth == 0:
                 self._rows.clear()
                 self._seqs.clear()
-                self._db.execute("ROLLBACK")
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
             raise
         self._batch_depth -= 1
         if self._batch_depth == 0:
-            self._flush()
-            self._db.execute("COMMIT")
+            try:
+                self._flush()
+                self._db.execute("COMMIT")
+            except sqlite3.Error:  # disk full, I/O: nothing of the batch stays
+                self._rows.clear()
+                self._seqs.clear()
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise
 
     def _flush(self) -> None:
         if self._rows:
@@ -175,4 +212,4 @@ class Journal:
                 for t in ("workflows", "programs", "events", "tool_samples")}
 
 
-__all__ = ["JournaledEvent", "JournaledProgram", "Journal"]
+__all__ = ["JournaledEvent", "JournaledProgram", "Journal", "JournalError"]

@@ -12,6 +12,12 @@ When the scheduler is unreachable (restarting), the agent keeps serving: heartbe
 decision stream retry with backoff, and a FINISHED report is retried for up to
 `report_retry_s` before the result is returned anyway. A heartbeat answered "unknown" (the
 scheduler restarted, or declared this worker lost) makes the agent register again.
+
+Its own service checks who calls (auth.py, the scheduler's tokens): a client's Generate runs in
+that client's tenant only (its call and program ids scoped as the scheduler scopes them, its cache
+namespaces its tenant's), GetState shows a client no prefix keys, ApplyHints is for admins. A
+scheduler that refuses this worker's credential (UNAUTHENTICATED, PERMISSION_DENIED) or its
+registration (INVALID_ARGUMENT) is fatal: `failed` holds why, and `agentflow worker` exits.
 """
 
 from __future__ import annotations
@@ -26,8 +32,10 @@ import grpc
 
 from agentflow.runtime.engines.base import Engine, GenerateResult
 from agentflow.runtime.service import convert
+from agentflow.runtime.service.auth import Credentials, Identity
 from agentflow.runtime.service.core import Code, ServiceError
-from agentflow.runtime.service.server import STATUS, TokenCheck, Transport
+from agentflow.runtime.service.server import STATUS, UNAUTHENTICATED, Authenticator, Transport, bind
+from agentflow.runtime.service.wire import BadRequest, SafeDecoding, request_types
 from agentflow.v1 import service_pb2 as pb
 from agentflow.v1 import service_pb2_grpc as pbg
 
@@ -49,8 +57,21 @@ class WorkerServicer(pbg.WorkerServicer):
     def __init__(self, agent: WorkerAgent):
         self.agent = agent
 
+    async def _who(self, context, request) -> Identity:
+        if isinstance(request, BadRequest):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
+        ident = self.agent.authenticator.identify(context)
+        if ident is None:
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, UNAUTHENTICATED)
+        return ident
+
     async def Generate(self, request, context):
+        ident = await self._who(context, request)
         try:
+            if ident.kind == "worker":
+                raise ServiceError(Code.PERMISSION_DENIED, "a worker credential cannot run calls")
+            if ident.kind == "client":
+                _in_tenant(request, ident)
             # the call's cross-agent reuse hints come with it (hints.reuse -> GenerateRequest.reuse):
             # the engine registers them as it takes the request, before the call can be admitted
             req = convert.generate_from_pb(request)
@@ -81,20 +102,56 @@ class WorkerServicer(pbg.WorkerServicer):
         yield pb.GenerateEvent(result=convert.result_to_pb(result))
 
     async def ApplyHints(self, request, context):
+        ident = await self._who(context, request)
+        if not ident.is_admin:
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, "ApplyHints is for admin credentials")
         self.agent.apply(request)
         return pb.ApplyHintsResponse()
 
     async def GetState(self, request, context):
+        ident = await self._who(context, request)
         load = self.agent.engine.load()
-        return pb.WorkerStateResponse(info=self.agent.info(), load=convert.load_to_pb(load),
-                                      cached_prefixes=list(load.cached_prefixes))
+        # prefix keys name other tenants' cached prompts: only the operator sees them
+        keys = list(load.cached_prefixes) if ident.kind != "client" else []
+        return pb.WorkerStateResponse(info=self.agent.info(), load=convert.load_to_pb(load), cached_prefixes=keys)
+
+
+def _in_tenant(m: pb.GenerateRequest, ident: Identity) -> None:
+    """A client's Generate, rewritten in place into its tenant: ids scoped as the scheduler scopes
+    them (so reports name the scheduler's call), every cache namespace the tenant's own."""
+    t = ident.tenant
+    for fieldname, ns in [("namespace", m.namespace)] + [(f"prefixes[{i}].namespace", p.namespace)
+                                                          for i, p in enumerate(m.prefixes)]:
+        if ns not in ("", "default", t):  # "" and "default": the caller's own tenant
+            raise ServiceError(Code.PERMISSION_DENIED, f"must be this credential's tenant {t!r}", field=fieldname)
+    m.namespace = t
+    for p in m.prefixes:
+        p.namespace = t
+    if m.reuse_namespace:
+        if m.reuse_namespace.startswith("default/"):
+            m.reuse_namespace = t + m.reuse_namespace[len("default"):]
+        if not m.reuse_namespace.startswith(f"{t}/"):
+            raise ServiceError(Code.PERMISSION_DENIED, f"must be within tenant {t!r}", field="reuse_namespace")
+        tail = f"/p:{m.program_id}"
+        if m.program_id and m.reuse_namespace.endswith(tail):  # the scheduler's namespace_for, scoped id
+            m.reuse_namespace = m.reuse_namespace[:-len(tail)] + f"/p:{ident.scope(m.program_id)}"
+    for i, h in enumerate(m.hints.reuse):
+        if not h.namespace.startswith(f"{t}/"):
+            raise ServiceError(Code.PERMISSION_DENIED, f"must be within tenant {t!r}",
+                               field=f"hints.reuse[{i}].namespace")
+    m.call_id = ident.scope(m.call_id)
+    m.program_id = ident.scope(m.program_id)
 
 
 class WorkerAgent:
-    def __init__(self, engine: Engine, config: AgentConfig, *, transport: Transport = Transport()):
+    def __init__(self, engine: Engine, config: AgentConfig, *, transport: Transport = Transport(),
+                 callers: Credentials | None = None):
         self.engine = engine
         self.config = config
         self.transport = transport
+        self.authenticator = Authenticator(callers if callers is not None else transport.auth(),
+                                           mtls=bool(transport.client_ca))
+        self.failed: asyncio.Future | None = None  # set with the reason when the scheduler refuses this worker
         self.port: int | None = None
         self.epoch: str | None = None
         self.heartbeat_interval_s = 0.5
@@ -122,15 +179,12 @@ class WorkerAgent:
     async def start(self) -> int:
         # The worker's own service (Generate) asks callers for the same token, and serves TLS when
         # it has a key (clients then reach it with the CA they use for the scheduler).
-        interceptors = [TokenCheck(self.transport.token)] if self.transport.token else []
-        self._server = grpc.aio.server(interceptors=interceptors, options=self.transport.options())
+        self.failed = asyncio.get_running_loop().create_future()
+        self._server = grpc.aio.server(interceptors=[SafeDecoding(request_types(pb.DESCRIPTOR.services_by_name[
+            "Worker"], pb))], options=self.transport.options())
         pbg.add_WorkerServicer_to_server(WorkerServicer(self), self._server)
-        if self.transport.tls_key:
-            self.port = self._server.add_secure_port(self.config.listen, self.transport.server_credentials())
-        else:
-            self.port = self._server.add_insecure_port(self.config.listen)
-        if not self.port:
-            raise OSError(f"cannot listen on {self.config.listen}")
+        creds = self.transport.server_credentials() if self.transport.tls_key else None
+        self.port = bind(self._server, self.config.listen, creds)
         await self._server.start()
         self._channel = self.transport.channel(self.config.scheduler)
         self._stub = pbg.SchedulerStub(self._channel)
@@ -179,6 +233,14 @@ class WorkerAgent:
                 await asyncio.sleep(self.heartbeat_interval_s)
             except grpc.aio.AioRpcError as exc:
                 self._registered.clear()
+                if exc.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED,
+                                  grpc.StatusCode.INVALID_ARGUMENT):
+                    why = (f"the scheduler at {self.config.scheduler} refused worker {self.config.worker_id!r}: "
+                           f"{exc.code().name}: {exc.details()}")
+                    log.info("%s", why)  # `failed` carries it (agentflow worker prints it once, and exits)
+                    if self.failed is not None and not self.failed.done():
+                        self.failed.set_result(why)
+                    return
                 log.info("scheduler unreachable (%s); retrying in %.2f s", exc.code().name, backoff)
                 await asyncio.sleep(backoff)
                 backoff = min(1.0, backoff * 2)

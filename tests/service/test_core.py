@@ -165,15 +165,24 @@ def test_a_silent_worker_is_lost_its_pins_end_and_its_call_moves(spec_json):
     assert core.heartbeat("w1", core.workers["w2"].load) is False  # told to register again
 
 
-def test_retry_reported_by_a_client_declares_the_worker_lost_at_once(spec_json):
-    core, _ = make_core()
+def test_a_retry_goes_elsewhere_and_loses_the_worker_only_when_its_heartbeats_are_late(spec_json):
+    # one client's word does not take a healthy worker away from everyone (issue 16); a worker
+    # that is also late with its heartbeats (two intervals) is lost at once
+    core, wall = make_core()
     core.register_worker(spec("w1"))
     core.register_worker(spec("w2"))
     core.open_program("p", workflow_spec=spec_json)
     first = core.submit(call("p", 0))
     core.call_started("p#0", first.worker_id)
     retry = core.submit(call("p", 0, failed=first.worker_id))
-    assert retry.worker_id != first.worker_id and first.worker_id not in core.workers
+    assert retry.worker_id != first.worker_id and first.worker_id in core.workers
+    core.heartbeat(retry.worker_id, LoadReport())
+    wall.t += 2 * core.config.heartbeat_interval_s + 0.01
+    core.heartbeat(retry.worker_id, LoadReport())
+    again = core.submit(call("p", 0, failed=retry.worker_id))
+    assert again.worker_id == first.worker_id and retry.worker_id in core.workers  # its heartbeat is fresh
+    core.submit(call("p", 0, failed=first.worker_id))
+    assert first.worker_id not in core.workers  # silent for two intervals: lost
 
 
 def test_recovery_rebuilds_open_programs_from_the_journal(tmp_path, spec_json):
