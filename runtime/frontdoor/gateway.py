@@ -33,7 +33,7 @@ from agentflow.runtime.frontdoor.conversation import ProgramTracker, TrackedProg
 from agentflow.runtime.frontdoor.hints import Hints
 from agentflow.runtime.frontdoor.learner import AgentNamer, GraphLearner, LearnedPlan, LearnerLimits
 from agentflow.runtime.frontdoor.render import forced_prefix, parse_tool_calls, render_messages
-from agentflow.runtime.service.core import CallRequest, Code, ServiceCore, ServiceError, WorkerSpec
+from agentflow.runtime.service.core import CallRequest, Code, Held, ServiceCore, ServiceError, WorkerSpec
 from agentflow.runtime.service.inprocess import load_report
 
 log = logging.getLogger("agentflow.openai")
@@ -383,6 +383,18 @@ class FrontDoor:
             route = await self.submit(call)
         else:
             route = self.core.submit_many([call])[0]
+            if isinstance(route, Held):  # its program is parked: wait until the scheduler activates it
+                fut = asyncio.get_running_loop().create_future()
+
+                def released(call_id, answer, fut=fut, want=call.call_id):
+                    if call_id == want and not fut.done():
+                        fut.set_result(answer)
+
+                self.core.release_listeners.append(released)
+                try:
+                    route = await fut
+                finally:
+                    self.core.release_listeners.remove(released)
         if isinstance(route, ServiceError):
             raise FrontDoorError(_HTTP[route.code], None, f"scheduler: {route}", code="scheduler_error")
         engine = self.engines.get(route.worker_id)

@@ -247,6 +247,15 @@ class RouteAnswer:
     reuse: tuple[ReuseHint, ...] = ()  # this call's cross-agent reuse hints (for its Generate)
 
 
+@dataclass(frozen=True, slots=True)
+class Held:
+    """A submission the scheduler holds: its program is parked by the working-set admission
+    (runtime/policies/programs.py). Its answer comes later, through `ServiceCore.release_listeners`, when
+    the program is activated (or an error if the program is closed first)."""
+
+    call_id: str
+
+
 @dataclass(slots=True, kw_only=True)
 class _Program:
     program_id: str
@@ -307,6 +316,12 @@ class ServiceCore:
         # cross-agent reuse hints of submitted calls, from the step that planned them until the
         # call's answer takes them (normally the same submit_many; kept while the call is in flight)
         self._hints: dict[str, tuple[ReuseHint, ...]] = {}
+        # Working-set admission live: submissions of parked programs wait here, unanswered, and are
+        # answered through each of `release_listeners(call_id, answer or error)` (the gRPC batcher,
+        # the front door's, an in-process client: each ignores calls it does not hold) when their
+        # program is activated.
+        self._held: dict[str, CallRequest] = {}
+        self.release_listeners: list = []
         self._tenant_programs: dict[str, int] = {}  # open programs per tenant (quota)
         self._tenant_workflows: dict[str, set[str]] = {}  # workflow hashes compiled for each tenant (quota)
         self._unrouted_ok: set[str] = set()  # calls in flight at recovery, not routed since
@@ -539,7 +554,10 @@ class ServiceCore:
         self._batch_loads = {w.name: w for w in self._build_loads("")}
         try:
             for i, item in enumerate(out):
-                if isinstance(item, CallRequest):
+                if isinstance(item, CallRequest) and self._parked(item):
+                    self._held[item.call_id] = item
+                    out[i] = Held(item.call_id)
+                elif isinstance(item, CallRequest):
                     try:
                         out[i] = self._answer(item)
                     except ServiceError as exc:
@@ -635,6 +653,26 @@ class ServiceCore:
                                    for s in req.input_spans]
         self._journal(prog, "submitted", body, req.event_seq)
         return req
+
+    def _parked(self, req: CallRequest) -> bool:
+        call = self.sched.calls.get(req.call_id)
+        return call is not None and call.started_s is None and req.program_id in self.sched.parked
+
+    def _release(self, activated) -> None:
+        """Answer the held submissions of programs the scheduler just activated."""
+        if not self._held or not activated:
+            return
+        ready = set(activated)
+        for cid, req in list(self._held.items()):
+            if req.program_id not in ready:
+                continue
+            del self._held[cid]
+            try:
+                ans: RouteAnswer | ServiceError = self._answer(req)
+            except ServiceError as exc:
+                ans = exc
+            for listener in self.release_listeners:
+                listener(cid, ans)
 
     def _answer(self, req: CallRequest) -> RouteAnswer:
         call = self.sched.calls.get(req.call_id)
@@ -862,6 +900,13 @@ class ServiceCore:
             if w is not None:
                 w.in_flight = max(0, w.in_flight - 1)
         del self.programs[program_id]
+        for cid, req in list(self._held.items()):  # held submissions of a program closed while parked
+            if req.program_id == program_id:
+                del self._held[cid]
+                err = ServiceError(Code.FAILED_PRECONDITION, f"program {program_id!r} was closed while parked",
+                                   field="program_id")
+                for listener in self.release_listeners:
+                    listener(cid, err)
         if self._hints:  # hints of its calls that were never answered
             self._hints = {c: h for c, h in self._hints.items() if c in self.sched.calls}
         self.closed[program_id] = None
@@ -926,6 +971,7 @@ class ServiceCore:
             self._hints[h.target_call_id] = self._hints.get(h.target_call_id, ()) + (h,)
         if self.clock.fixed is not None:  # replaying the journal: nobody to tell yet
             return d
+        self._release(d.activated)
         self.decisions += 1
         if self.telemetry is not None:
             self.telemetry.count_decisions()
@@ -1049,5 +1095,5 @@ def _part_for(d: Decision, worker: str, call_worker: dict[str, str]) -> Decision
     return replace(d, pins=pins, unpins=unpins, prefetches=prefetches, admit=admit, routes=(), reuse=())
 
 
-__all__ = ["CallRequest", "Code", "CoreConfig", "LoadReport", "RouteAnswer", "ServiceCore", "ServiceError",
+__all__ = ["CallRequest", "Code", "CoreConfig", "Held", "LoadReport", "RouteAnswer", "ServiceCore", "ServiceError",
            "WorkerSpec"]

@@ -19,13 +19,16 @@ runs the scheduler against the real local engine without a service.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Sequence
 from dataclasses import replace
 
 from agentflow.runtime.clock import ScaledClock
 from agentflow.runtime.engines.base import Engine, GenerateRequest, GenerateResult, collect
-from agentflow.runtime.service.core import CallRequest, CoreConfig, LoadReport, RouteAnswer, ServiceCore, WorkerSpec
+from agentflow.runtime.service.core import (
+    CallRequest, CoreConfig, Held, LoadReport, RouteAnswer, ServiceCore, ServiceError, WorkerSpec,
+)
 
 
 def load_report(engine: Engine) -> LoadReport:
@@ -53,6 +56,8 @@ class InProcessClient:
                 h2d_tokens_per_s=load.h2d_tokens_per_s, prefill_tokens_per_s=load.prefill_tokens_per_s,
                 time_scale=time_scale), load_report(e))
             self.core.sinks[e.name] = self._deliver
+        self._released: dict[str, asyncio.Future] = {}  # held submissions (parked programs) by call id
+        self.core.release_listeners.append(self._on_release)
         # Loads reach the core as the service's heartbeats bring them (between them, the core
         # counts the calls it routed): the same information, at the same age, as over gRPC.
         self.heartbeat_interval_s = cfg.heartbeat_interval_s
@@ -62,6 +67,11 @@ class InProcessClient:
 
     def _deliver(self, worker: str, decision) -> None:
         self.engines[worker].apply(decision)
+
+    def _on_release(self, call_id: str, answer) -> None:
+        fut = self._released.pop(call_id, None)
+        if fut is not None and not fut.done():
+            fut.set_result(answer)
 
     async def open_program(self, program_id: str, workflow_spec: str, *, tenant: str = "",
                            share_kv_across_programs: bool = False) -> str:
@@ -78,6 +88,11 @@ class InProcessClient:
         t = time.perf_counter()
         ans = self.core.submit(call)
         self.submit_ms.append((time.perf_counter() - t) * 1000.0)
+        if isinstance(ans, Held):  # its program is parked: the route comes when it is activated
+            fut = self._released[call.call_id] = asyncio.get_running_loop().create_future()
+            ans = await fut
+            if isinstance(ans, ServiceError):
+                raise ans
         return ans
 
     async def run_call(self, call: CallRequest, request: GenerateRequest, *,

@@ -24,7 +24,7 @@ import grpc
 
 from agentflow.runtime.service import convert
 from agentflow.runtime.service.auth import Credentials, Identity, identity_of_certificate
-from agentflow.runtime.service.core import Code, NoWorker, ServiceCore, ServiceError, compile_workflow
+from agentflow.runtime.service.core import Code, Held, NoWorker, ServiceCore, ServiceError, compile_workflow
 from agentflow.runtime.service.wire import BadRequest, SafeDecoding, request_types
 from agentflow.v1 import service_pb2 as pb
 from agentflow.v1 import service_pb2_grpc as pbg
@@ -164,6 +164,23 @@ class SubmitBatcher:
         self._queue: list[tuple[list, asyncio.Future]] = []
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
+        # submissions the core holds (their program is parked): answered when it is activated
+        self._released: dict[str, asyncio.Future] = {}
+        core.release_listeners.append(self._on_release)
+
+    def _on_release(self, call_id: str, answer) -> None:
+        fut = self._released.pop(call_id, None)
+        if fut is not None and not fut.done():
+            fut.set_result(answer)
+
+    async def _when_released(self, answers: list, waits: dict, fut: asyncio.Future) -> None:
+        """Resolve a message's future once every held call in it has its answer."""
+        out = list(answers)
+        for i, a in enumerate(out):
+            if isinstance(a, Held):
+                out[i] = await waits[a.call_id]
+        if not fut.done():
+            fut.set_result(out)
 
     def enqueue(self, reqs: list) -> asyncio.Future:
         """The future list of answers (each a RouteAnswer or a ServiceError) to `reqs`, in order."""
@@ -195,9 +212,16 @@ class SubmitBatcher:
                     log.exception("submit batch failed")
                     answers = [ServiceError(Code.UNAVAILABLE, f"scheduler error: {exc}")] * len(calls)
                 i = 0
+                loop = asyncio.get_running_loop()
                 for reqs, fut in batch:
-                    if not fut.done():
-                        fut.set_result(answers[i:i + len(reqs)])
+                    part = answers[i:i + len(reqs)]
+                    held = [a for a in part if isinstance(a, Held)]
+                    if held:  # parked programs: this message is answered when they are activated
+                        waits = {a.call_id: loop.create_future() for a in held}
+                        self._released.update(waits)
+                        asyncio.ensure_future(self._when_released(part, waits, fut))
+                    elif not fut.done():
+                        fut.set_result(part)
                     i += len(reqs)
 
     async def aclose(self) -> None:
