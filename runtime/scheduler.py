@@ -522,6 +522,12 @@ class Scheduler:
             self._activate(pid, now)
         return activate
 
+    def activate(self, pid: Hashable) -> None:
+        """Make a parked program active now, whatever the admission policy says (a caller that
+        cannot hold its calls: a program with no end signal would be parked for ever behind others)."""
+        if pid in self.parked:
+            self._activate(pid, self.clock.now_s())
+
     def _activate(self, pid: Hashable, now: float) -> None:
         prog = self.programs[pid]
         del self.parked[pid]

@@ -379,6 +379,9 @@ class FrontDoor:
         # embedded worker must not be declared lost for it
         if time.monotonic() - self._last_heartbeat >= self.core.config.heartbeat_interval_s:
             self.heartbeat()
+        # Front-door programs declare no end (they expire when idle), so the working set could park
+        # a new one for ever behind idle ones: they are never held.
+        self.core.sched.activate(call.program_id)
         if self.submit is not None:
             route = await self.submit(call)
         else:
