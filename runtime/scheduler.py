@@ -311,10 +311,7 @@ class Scheduler:
         for call in self.calls.values():
             if call.worker == e.worker:  # in flight there: back to the queue, to be retried elsewhere
                 call.worker, call.started_s = None, None
-                self.waiting[call.call_id] = None
-                self._queue.push(call.call_id, self.policy.admission.key(call, self.programs[call.program_id]))
-                self._waiting_changed = True
-                self._new_calls.append(call.call_id)
+                self._enqueue(call.call_id, self.programs[call.program_id])
 
     def _prefix_moved(self, e: PrefixMoved) -> None:
         pre = self.prefixes.get(e.key)
