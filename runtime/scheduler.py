@@ -104,9 +104,10 @@ class Scheduler:
         self._held: dict[Hashable, list[Hashable]] = {}
         self.budget_tokens: float | None = None
         self._fault_s = 0.0
+        self._stall_s = 0.0
         self._window_start_s: float | None = None
         self._programs_changed = False
-        self.faults = {"fault_tokens": 0, "reload_tokens": 0, "fault_s": 0.0}  # totals, for reports
+        self.faults = {"fault_tokens": 0, "reload_tokens": 0, "fault_s": 0.0, "stall_s": 0.0}  # totals, for reports
 
     # ================================================================ events ==================
     def apply(self, event: Event) -> None:
@@ -205,6 +206,14 @@ class Scheduler:
         call.worker = e.worker
         if e.gpu_hit_tokens is not None:
             self._count_fault(call, e)
+        prog = self.programs[call.program_id]
+        if prog.active and prog.turn > 1 and call.submitted_s >= (prog.activated_s or 0.0):
+            # An active program's call after its first waited this long for the engine: a stall. With a
+            # host tier, over-commitment shows here more than in faults: a reload is cheap, but calls
+            # wait for room in a pool that pinned and running programs fill.
+            stall = max(0.0, call.started_s - call.submitted_s)
+            self._stall_s += stall
+            self.faults["stall_s"] += stall
         if call.program_id in self.parked:  # an engine ran a held call anyway: the program is active
             self._activate(call.program_id, self.clock.now_s())
         if self.waiting.pop(e.call_id, 0) is None:
@@ -501,12 +510,14 @@ class Scheduler:
             elapsed = now - self._window_start_s
             if elapsed >= policy.config.interval_s:
                 share = self._fault_s / (elapsed * max(1, len(self.workers)))
+                n_active = sum(1 for p in self.programs.values() if p.active)
+                stall = self._stall_s / (elapsed * max(1, n_active))
                 gs = policy.config.growth_share
                 head = footprint_tokens(snap, self.programs[next(iter(self.parked))], gs) if self.parked else None
-                budget = control(self.budget_tokens, fault_share=share, waiting_tokens=head, pool_tokens=pool,
-                                 active_tokens=active_footprint_tokens(snap, gs))
+                budget = control(self.budget_tokens, fault_share=share, stall_share=stall, waiting_tokens=head,
+                                 pool_tokens=pool, active_tokens=active_footprint_tokens(snap, gs))
                 self._programs_changed |= budget != self.budget_tokens
-                self.budget_tokens, self._window_start_s, self._fault_s = budget, now, 0.0
+                self.budget_tokens, self._window_start_s, self._fault_s, self._stall_s = budget, now, 0.0, 0.0
         if not (self.parked and self._programs_changed):
             return ()
         self._programs_changed = False

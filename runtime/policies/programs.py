@@ -27,9 +27,14 @@ functions over a snapshot:
 
     next_budget(budget, fault_share, ...) -> the budget for the next control interval
         fault share = GPU time spent re-prefilling or reloading context a program had already
-        built (its previous call's prompt + output), over elapsed worker time. Above
-        `fault_share_high` the budget shrinks; below `fault_share_low`, while programs wait, it
-        grows. It starts at the cluster's KV pool and stays within [floor, ceiling] x pool.
+        built (its previous call's prompt + output), over elapsed worker time; or, if larger, the
+        stall share: the time active programs' calls (after each one's first) waited for the
+        engine, over elapsed time x active programs. Stalls are where over-commitment shows once a
+        host tier makes faults cheap: reloads cost little GPU time, but calls queue for room in a
+        pool that pinned and running programs fill (on the shipped SWE-bench workload with the
+        host tier, faults alone let every program in, and the TTFT p99 of later calls doubled).
+        Above `fault_share_high` the budget shrinks; below `fault_share_low`, while programs wait,
+        it grows. It starts at the cluster's KV pool and stays within [floor, ceiling] x pool.
 
 No constant here is per workload: the same thresholds run every workload and preset, and the
 budget moves to where each one stops faulting. Programs are parked only before they start: an
@@ -54,12 +59,13 @@ from agentflow.runtime.state import ProgramState, Snapshot
 class WorkingSetConfig:
     fault_share_high: float = 0.15  # above: too many programs share the pool; shrink
     fault_share_low: float = 0.05  # below (and programs wait): room for more; grow
-    shrink: float = 0.9  # active footprint x this, per interval while faulting
+    shrink: float = 0.95  # active footprint x this, per interval while faulting
     grow: float = 1.03  # budget x this per interval while not faulting and programs wait
     grow_idle: float = 1.10  # ... and x this while faults are under a quarter of fault_share_low
     growth_share: float = 0.5  # share of the remaining growth a footprint counts (1: the final context)
     unsized_share: float = 0.05  # of the budget: the initial window for a workflow whose growth is not known yet
     interval_s: float = 30.0  # control interval
+    stall_weight: float = 1.0  # a stalled share of the active programs' time counts as this share of faults
     floor: float = 0.1  # budget never below floor x pool
     ceiling: float = 8.0  # nor above ceiling x pool (pool + host tier can hold more than the pool)
 
@@ -173,13 +179,14 @@ class WorkingSet:
         return ProgramPlan(activate=tuple(out))
 
     def next_budget(self, budget_tokens: float, *, fault_share: float, waiting_tokens: float | None,
-                    pool_tokens: float, active_tokens: float) -> float:
+                    pool_tokens: float, active_tokens: float, stall_share: float = 0.0) -> float:
         """The budget for the next interval. `waiting_tokens`: the footprint of the first parked
         program (None: none waits). Shrinking starts from what is active now, not from the budget: the
         active set only falls as programs finish, so faults go on for a while after the budget is
         right, and compounding on the budget would overshoot far below it. Growing needs a program
         that the budget holds back (the active footprints plus its own exceed it)."""
         cfg = self.config
+        fault_share = max(fault_share, cfg.stall_weight * stall_share)
         if fault_share > cfg.fault_share_high:
             budget_tokens = min(budget_tokens, active_tokens) * cfg.shrink
         elif (fault_share < cfg.fault_share_low and waiting_tokens is not None

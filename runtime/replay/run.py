@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import math
+import multiprocessing
+import os
 import time
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
+from queue import Empty
 
 from agentflow.runtime.engines.sim.costmodel import make_cost_model
 from agentflow.runtime.policies import POLICY_NAMES
@@ -58,8 +62,11 @@ def _check(setup: ReplaySetup) -> None:
         raise ValueError("no policies to replay")
 
 
-def run(setup: ReplaySetup, progress: Callable[[int], None] | None = None) -> tuple[dict, dict, dict]:
-    """(config, results per policy, series per policy for plots)."""
+def run(setup: ReplaySetup, progress: Callable[[int], None] | None = None,
+        processes: int | None = None) -> tuple[dict, dict, dict]:
+    """(config, results per policy, series per policy for plots). Policies run in `processes`
+    processes (default: one per core); each run is deterministic and independent of the others,
+    so the results are the same as one after another."""
     _check(setup)
     wl = load_workload(setup.workload)
     programs = wl.programs[: setup.num_programs] if setup.num_programs is not None else list(wl.programs)
@@ -84,26 +91,82 @@ def run(setup: ReplaySetup, progress: Callable[[int], None] | None = None) -> tu
         "arrivals": arrival, "concurrency": concurrency, "seed": setup.seed,
         "policies": list(setup.policies),
     }
-    results, series = {}, {}
-    prepared: dict = {}  # token ids per program, the same for every policy
-    for name in setup.policies:
-        if setup.rate_per_s is not None:
-            arrivals = poisson_arrivals(programs, rate_per_s=setup.rate_per_s, seed=setup.seed)
-        elif setup.recorded:
-            arrivals = recorded_arrivals(programs)
-        else:
-            arrivals = ClosedLoop(programs, num_in_flight=concurrency)
-        rc = ReplayConfig(workers=setup.workers, kv_capacity_tokens=setup.kv_capacity_tokens,
-                          host_capacity_tokens=setup.host_capacity_tokens, seed=setup.seed,
-                          sample_every_s=SAMPLE_EVERY_S)
-        sim = Replay(arrivals, plan, name, cost, rc, on_progress=progress, prepared=prepared)
-        t0 = time.perf_counter()
-        summary = sim.run()
-        summary["wall_s"] = time.perf_counter() - t0
-        summary["simulated_events"] = sim.events
-        results[name] = summary
-        series[name] = {"jct_s": list(sim.rec.jct_s), "ttft_s": list(sim.rec.ttft_s), "timeline": list(sim.rec.series)}
+    _PROCESS.clear()
+    _PROCESS[(setup.workload, setup.num_programs)] = (programs, plan, {})  # the sequential path's (and fork's)
+    jobs = [(setup, name) for name in setup.policies]
+    procs = min(len(jobs), processes if processes is not None else (os.cpu_count() or 1))
+    if procs <= 1:
+        done = [_run_policy(job, progress) for job in jobs]
+    else:
+        done = _run_parallel(jobs, procs, progress)
+    results = {name: summary for (_, name), (summary, _) in zip(jobs, done)}
+    series = {name: ser for (_, name), (_, ser) in zip(jobs, done)}
     return config, results, series
+
+
+_PROCESS: dict = {}  # per worker process: the workload, planning graph and token ids, reused across policies
+_PROGRESS = None  # per worker process: the queue its progress goes to
+
+
+def _prepare(setup: ReplaySetup):
+    key = (setup.workload, setup.num_programs)
+    if key not in _PROCESS:
+        wl = load_workload(setup.workload)
+        programs = wl.programs[: setup.num_programs] if setup.num_programs is not None else list(wl.programs)
+        _PROCESS.clear()
+        _PROCESS[key] = (programs, planning_graph(programs, name=f"replay-{wl.header.source}"), {})
+    return _PROCESS[key]
+
+
+def _run_policy(job: tuple[ReplaySetup, str], progress: Callable[[int], None] | None = None) -> tuple[dict, dict]:
+    setup, name = job
+    programs, plan, prepared = _prepare(setup)
+    cost = make_cost_model(setup.preset)
+    if setup.rate_per_s is not None:
+        arrivals = poisson_arrivals(programs, rate_per_s=setup.rate_per_s, seed=setup.seed)
+    elif setup.recorded:
+        arrivals = recorded_arrivals(programs)
+    else:
+        kv = setup.kv_capacity_tokens or cost.kv_capacity_tokens
+        concurrency = setup.concurrency or default_concurrency(programs, kv * setup.workers)
+        arrivals = ClosedLoop(programs, num_in_flight=concurrency)
+    rc = ReplayConfig(workers=setup.workers, kv_capacity_tokens=setup.kv_capacity_tokens,
+                      host_capacity_tokens=setup.host_capacity_tokens, seed=setup.seed,
+                      sample_every_s=SAMPLE_EVERY_S)
+    if progress is None and _PROGRESS is not None:
+        progress = _PROGRESS.put
+    sim = Replay(arrivals, plan, name, cost, rc, on_progress=progress, prepared=prepared)
+    t0 = time.perf_counter()
+    summary = sim.run()
+    summary["wall_s"] = time.perf_counter() - t0
+    summary["simulated_events"] = sim.events
+    return summary, {"jct_s": list(sim.rec.jct_s), "ttft_s": list(sim.rec.ttft_s), "timeline": list(sim.rec.series)}
+
+
+def _init_worker(queue) -> None:
+    global _PROGRESS
+    _PROGRESS = queue
+
+
+def _run_parallel(jobs, procs: int, progress: Callable[[int], None] | None) -> list[tuple[dict, dict]]:
+    """The jobs over `procs` processes; their progress (programs finished) comes back on a queue."""
+    ctx = multiprocessing.get_context()
+    queue = ctx.Queue() if progress is not None else None
+    with ProcessPoolExecutor(max_workers=procs, mp_context=ctx, initializer=_init_worker,
+                             initargs=(queue,)) as pool:
+        futures = [pool.submit(_run_policy, job) for job in jobs]
+        while queue is not None and not all(f.done() for f in futures):
+            try:
+                progress(queue.get(timeout=0.2))
+            except Empty:
+                pass
+        out = [f.result() for f in futures]  # a failed run raises here, with its traceback
+        while queue is not None:  # what came in after the last check
+            try:
+                progress(queue.get_nowait())
+            except Empty:
+                break
+    return out
 
 
 __all__ = ["ReplaySetup", "asdict", "default_concurrency", "run"]

@@ -116,3 +116,15 @@ def test_replay_command_rejects_bad_input(tmp_path):
                           (["--concurrency", "0", "--programs", "2"], "--concurrency must be >= 1 (got 0)")):
         out = CliRunner().invoke(cli, ["replay", str(SWE), *args])
         assert out.exit_code == 2 and message in out.output, (args, out.output)
+
+
+def test_policies_in_parallel_give_what_they_give_one_after_another():
+    setup = ReplaySetup(workload=str(SWE), policies=("sglang", "agentflow"), num_programs=6, concurrency=4)
+    ticks: list[int] = []
+    _, parallel, series_p = run(setup, progress=ticks.append, processes=2)
+    _, sequential, series_s = run(setup, processes=1)
+    for name in setup.policies:
+        for key in ("jct_mean_s", "ttft_p99_s", "prefix_hit_rate", "recomputed_prefill_tokens"):
+            assert parallel[name][key] == sequential[name][key], (name, key)
+        assert series_p[name]["jct_s"] == series_s[name]["jct_s"]
+    assert sum(ticks) == 2 * 6  # every finished program of both runs reached the progress bar

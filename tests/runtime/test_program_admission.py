@@ -61,8 +61,8 @@ def test_bad_remaining_work_input_is_refused():
 
 # ---- the budget's control -----------------------------------------------------------------------
 @pytest.mark.parametrize("fault, head, active, expected", [
-    (0.30, 300.0, 800.0, 720.0),  # faulting: shrink from what is active (800 x 0.9), not from the budget
-    (0.30, 300.0, 5000.0, 900.0),  # faulting, active above the budget: shrink the budget (1000 x 0.9)
+    (0.30, 300.0, 800.0, 760.0),  # faulting: shrink from what is active (800 x 0.95), not from the budget
+    (0.30, 300.0, 5000.0, 950.0),  # faulting, active above the budget: shrink the budget (1000 x 0.95)
     (0.03, 300.0, 900.0, 1030.0),  # quiet, the budget holds the head back (900 + 300 > 1000): grow 3%
     (0.01, 300.0, 900.0, 1100.0),  # ... and hardly faulting (< 0.05 / 4): grow 10%
     (0.01, 300.0, 500.0, 1000.0),  # quiet, but the head fits (500 + 300): unchanged
@@ -73,6 +73,18 @@ def test_bad_remaining_work_input_is_refused():
 def test_next_budget(fault, head, active, expected):
     ws = WorkingSet(WorkingSetConfig())
     got = ws.next_budget(1000.0, fault_share=fault, waiting_tokens=head, pool_tokens=1000.0, active_tokens=active)
+    assert got == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("fault, stall, expected", [
+    (0.01, 0.30, 855.0),  # hardly faulting, but active programs stall 30% of the time: shrink (900 x 0.95)
+    (0.01, 0.10, 1000.0),  # stalls between the thresholds hold the budget
+    (0.01, 0.02, 1030.0),  # neither faults nor stalls: grow (not x 1.10: stalls above a quarter of 0.05)
+])
+def test_stalls_count_as_faults(fault, stall, expected):
+    ws = WorkingSet(WorkingSetConfig())
+    got = ws.next_budget(1000.0, fault_share=fault, stall_share=stall, waiting_tokens=300.0, pool_tokens=1000.0,
+                         active_tokens=900.0)
     assert got == pytest.approx(expected)
 
 
@@ -185,3 +197,20 @@ def test_an_engine_that_runs_a_held_call_makes_its_program_active():
     sched.apply(CallStarted(call_id="b#0", worker="w0"))  # not routed, run anyway
     assert not sched.parked and sched.programs["b"].active
     assert "b#0" not in sched.waiting  # started: nothing to admit
+
+
+def test_a_later_call_that_waits_for_the_engine_is_a_stall_the_first_is_not():
+    sched, clock = _sched(StaticCap(5))
+    g = coding_agent()
+    sched.apply(ProgramArrived(program_id="a", graph=g))
+    _call(sched, "a", 0, 500)
+    sched.step()
+    clock.advance(7.0)  # the first call waits 7 s: the program's start, not a stall
+    sched.apply(CallStarted(call_id="a#0", worker="w0"))
+    sched.apply(CallFinished(call_id="a#0", worker="w0", output_tokens=100))
+    assert sched.faults["stall_s"] == 0.0
+    _call(sched, "a", 1, 900)
+    sched.step()
+    clock.advance(2.5)
+    sched.apply(CallStarted(call_id="a#1", worker="w0"))
+    assert sched.faults["stall_s"] == 2.5
