@@ -290,7 +290,8 @@ class Scheduler:
                 self._waiting_changed = True
                 self._queue.discard(c)
         self.index.remove(e.program_id)
-        if e.program_id not in self.parked:  # a program cancelled before it started teaches nothing
+        if not e.cancelled and e.program_id not in self.parked:  # a cancelled (or never started) program's
+            # length says nothing of how long programs run
             self.remaining.program_finished(wf, prog.turn)
         self.parked.pop(e.program_id, None)
         self._held.pop(e.program_id, None)
@@ -503,18 +504,17 @@ class Scheduler:
     def _admit_programs(self, snap: Snapshot, now: float) -> tuple[Hashable, ...]:
         pool = sum(w.kv_capacity_tokens for w in self.workers.values())
         policy = self.policy.programs
-        control = getattr(policy, "next_budget", None)
-        if pool > 0 and control is not None:
+        if pool > 0 and policy.control_interval_s is not None:
             if self.budget_tokens is None:
                 self.budget_tokens, self._window_start_s, self._fault_s = float(pool), now, 0.0
             elapsed = now - self._window_start_s
-            if elapsed >= policy.config.interval_s:
+            if elapsed >= policy.control_interval_s:
                 share = self._fault_s / (elapsed * max(1, len(self.workers)))
                 n_active = sum(1 for p in self.programs.values() if p.active)
                 stall = self._stall_s / (elapsed * max(1, n_active))
-                gs = policy.config.growth_share
+                gs = policy.growth_share
                 head = footprint_tokens(snap, self.programs[next(iter(self.parked))], gs) if self.parked else None
-                budget = control(self.budget_tokens, fault_share=share, stall_share=stall, waiting_tokens=head,
+                budget = policy.next_budget(self.budget_tokens, fault_share=share, stall_share=stall, waiting_tokens=head,
                                  pool_tokens=pool, active_tokens=active_footprint_tokens(snap, gs))
                 self._programs_changed |= budget != self.budget_tokens
                 self.budget_tokens, self._window_start_s, self._fault_s, self._stall_s = budget, now, 0.0, 0.0

@@ -89,9 +89,23 @@ class ProgramPlan:
 class ProgramAdmission(Protocol):
     name: str
     holds: bool  # False: every program is active from its arrival (no call is ever held)
+    control_interval_s: float | None  # how often the scheduler calls next_budget; None: never (no budget)
+    growth_share: float  # the share of remaining growth a footprint counts (what the budget is compared with)
 
     def plan(self, snap: Snapshot, parked: Sequence[Hashable], budget_tokens: float) -> ProgramPlan:
         """Which of `parked` (in arrival order) to activate now."""
+
+    def next_budget(self, budget_tokens: float, *, fault_share: float, waiting_tokens: float | None,
+                    pool_tokens: float, active_tokens: float, stall_share: float = 0.0) -> float:
+        """The budget for the next control interval."""
+
+
+class _NoBudget:
+    control_interval_s = None
+    growth_share = 1.0
+
+    def next_budget(self, budget_tokens: float, **_) -> float:
+        return budget_tokens
 
 
 def footprint_tokens(snap: Snapshot, prog: ProgramState, growth_share: float = 1.0) -> float:
@@ -126,7 +140,7 @@ def active_footprint_tokens(snap: Snapshot, growth_share: float = 1.0) -> float:
     return sum(footprint_tokens(snap, p, growth_share) for p in snap.programs.values() if p.active)
 
 
-class AdmitAll:
+class AdmitAll(_NoBudget):
     name = "all"
     holds = False
 
@@ -134,7 +148,7 @@ class AdmitAll:
         return ProgramPlan(activate=tuple(parked))
 
 
-class StaticCap:
+class StaticCap(_NoBudget):
     """At most `max_active` programs active; FCFS. A reference, tuned in hindsight per workload."""
 
     holds = True
@@ -156,6 +170,8 @@ class WorkingSet:
 
     def __init__(self, config: WorkingSetConfig = WorkingSetConfig()):
         self.config = config
+        self.control_interval_s = config.interval_s
+        self.growth_share = config.growth_share
 
     def plan(self, snap: Snapshot, parked: Sequence[Hashable], budget_tokens: float) -> ProgramPlan:
         if not parked:

@@ -214,3 +214,17 @@ def test_a_later_call_that_waits_for_the_engine_is_a_stall_the_first_is_not():
     clock.advance(2.5)
     sched.apply(CallStarted(call_id="a#1", worker="w0"))
     assert sched.faults["stall_s"] == 2.5
+
+
+def test_remaining_work_learns_from_finished_programs_not_cancelled_ones():
+    sched, clock = _sched(StaticCap(5))
+    g = coding_agent()
+    for pid in ("done", "cut"):
+        sched.apply(ProgramArrived(program_id=pid, graph=g))
+        _call(sched, pid, 0, 500)
+        sched.step()
+        sched.apply(CallStarted(call_id=f"{pid}#0", worker="w0"))
+        sched.apply(CallFinished(call_id=f"{pid}#0", worker="w0", output_tokens=100))
+    sched.apply(ProgramFinished(program_id="done"))
+    sched.apply(ProgramFinished(program_id="cut", cancelled=True))
+    assert sched.remaining.num_finished(g.name) == 1
