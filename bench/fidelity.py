@@ -83,7 +83,7 @@ async def run_real(programs, plan, policy: str, args, kv_tokens: int, lm) -> dic
                       strategy=STRATEGY.get(policy, "priority"), chunk_tokens=args.chunk_tokens,
                       max_running=args.max_running,
                       prefill_tokens_per_s=8192 / cost.prefill_time_s(8192))
-    client = InProcessClient([eng], policy=policy, time_scale=1.0)
+    client = make_client(eng, policy, args)
     live = LiveReplay(programs, plan, client, time_scale=1.0, num_in_flight=args.in_flight, seed=args.seed,
                       run_id=f"fid-{policy}")
     t0 = time.perf_counter()
@@ -93,6 +93,12 @@ async def run_real(programs, plan, policy: str, args, kv_tokens: int, lm) -> dic
     summary["steps"] = eng.steps
     await client.close()
     return summary
+
+
+def make_client(eng, policy: str, args):
+    from agentflow.runtime.service.inprocess import InProcessClient
+
+    return InProcessClient([eng], policy=policy, time_scale=1.0)
 
 
 def run_sim(programs, plan, policy: str, args, kv_tokens: int) -> dict:
@@ -131,7 +137,7 @@ def calibrate_now(args) -> dict:
     return asyncio.run(cal.calibrate(ns))
 
 
-def main() -> int:
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--workload", type=Path, default=WORKLOAD)
     ap.add_argument("--policies", default="lru,agentflow")
@@ -155,15 +161,19 @@ def main() -> int:
                          "of the shipped preset: on a shared machine the speed drifts between runs")
     ap.add_argument("--sim-only", action="store_true", help="skip the real runs (checks the setup fast)")
     ap.add_argument("--json", action="store_true", help="print one JSON line")
-    args = ap.parse_args()
+    return ap
+
+
+def apply_quick(args) -> None:
     if args.quick:
         args.programs, args.calls, args.in_flight, args.repeats = 4, 4, 3, 1
 
-    import torch
+
+def setup(args):
+    """(programs, planning graph, KV pool tokens) for the flags."""
     from agentflow.runtime.replay.planning import planning_graph
     from agentflow.runtime.workload import load_workload
 
-    torch.set_num_threads(args.threads)
     wl = load_workload(args.workload)
     programs = scale_programs(wl.programs[: args.programs], num_calls=args.calls, token_scale=args.token_scale,
                               output_scale=args.output_scale, max_output=args.max_output,
@@ -172,6 +182,16 @@ def main() -> int:
     peaks = sorted(peak_tokens(programs), reverse=True)
     kv_tokens = max(max(peaks) + args.max_output + 8,
                     int(args.pool_fraction * sum(peaks[: args.in_flight])))
+    return programs, plan, kv_tokens
+
+
+def main() -> int:
+    args = parser().parse_args()
+    apply_quick(args)
+    import torch
+
+    torch.set_num_threads(args.threads)
+    programs, plan, kv_tokens = setup(args)
     policies = [p.strip() for p in args.policies.split(",") if p.strip()]
 
     lm = None
