@@ -151,7 +151,7 @@ async def trace_real(programs, plan, policy: str, args, kv_tokens: int, lm, owne
 
     cost = fidelity._cost()
     eng = LocalEngine(lm, name="w0", kv_capacity_tokens=kv_tokens, host_capacity_tokens=0,
-                      strategy=fidelity.STRATEGY.get(policy, "priority"), chunk_tokens=args.chunk_tokens,
+                      strategy=fidelity.strategy_of(policy), chunk_tokens=args.chunk_tokens,
                       max_running=args.max_running, prefill_tokens_per_s=8192 / cost.prefill_time_s(8192))
     eng.log_steps(True)
     client = fidelity.make_client(eng, policy, args)
