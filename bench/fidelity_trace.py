@@ -291,7 +291,7 @@ def main() -> int:
         from agentflow.runtime.engines.local.model import load_smollm2
 
         lm = load_smollm2("float32")
-        if args.calibrate:
+        if args.calibrate or args.calibration == "probe":  # else the shipped preset (no fit on its own run)
             fidelity._FRESH.update(fidelity.calibrate_now(args))
         s, trs["real"] = asyncio.run(trace_real(programs, plan, args.policy, args, kv_tokens, lm, owners))
         out["real"] = digest(s, trs["real"])
