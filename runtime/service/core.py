@@ -788,10 +788,17 @@ class ServiceCore:
                 raise missing
         return call
 
-    def call_started(self, call_id: str, worker_id: str, *, reporter: str | None = None) -> None:
+    def call_started(self, call_id: str, worker_id: str, *, reporter: str | None = None,
+                     gpu_hit_tokens: int | None = None, host_hit_tokens: int | None = None) -> None:
+        """The call began on its worker; an engine that reports its admission also says what of the
+        prompt it found (device, host): the working-set admission counts faults from these."""
         call = self._reported_call(call_id, worker_id, reporter)
+        for name, v in (("gpu_hit_tokens", gpu_hit_tokens), ("host_hit_tokens", host_hit_tokens)):
+            if v is not None:
+                check_int(v, name, 0, self.config.limits.max_tokens)
         with self._durable():
-            self.sched.apply(CallStarted(call_id=call_id, worker=worker_id))
+            self.sched.apply(CallStarted(call_id=call_id, worker=worker_id, gpu_hit_tokens=gpu_hit_tokens,
+                                         host_hit_tokens=host_hit_tokens))
             self._journal(self.programs[str(call.program_id)], "started", {"call_id": call_id, "worker": worker_id}, 0)
         self._step()
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from functools import partial
 from collections.abc import Sequence
 from dataclasses import replace
 
@@ -46,6 +47,7 @@ class InProcessClient:
         if len(set(names)) != len(names):
             raise ValueError(f"engine names must be unique (got {names})")
         self.engines = {e.name: e for e in engines}
+        self._reports_admission: set[str] = set()
         cfg = config or CoreConfig(policy=policy)
         self.core = ServiceCore(cfg, clock=clock or ScaledClock(time_scale))
         for e in engines:
@@ -56,6 +58,11 @@ class InProcessClient:
                 h2d_tokens_per_s=load.h2d_tokens_per_s, prefill_tokens_per_s=load.prefill_tokens_per_s,
                 time_scale=time_scale), load_report(e))
             self.core.sinks[e.name] = self._deliver
+            # An engine that reports its admissions starts its calls then (with their hits), as the
+            # simulated replay does; otherwise a call starts when it is handed to the engine.
+            if isinstance(getattr(e, "admission_listeners", None), list):
+                e.admission_listeners.append(partial(self._on_admitted, e.name))
+                self._reports_admission.add(e.name)
         self._released: dict[str, asyncio.Future] = {}  # held submissions (parked programs) by call id
         self.core.release_listeners.append(self._on_release)
         # Loads reach the core as the service's heartbeats bring them (between them, the core
@@ -67,6 +74,11 @@ class InProcessClient:
 
     def _deliver(self, worker: str, decision) -> None:
         self.engines[worker].apply(decision)
+
+    def _on_admitted(self, worker: str, call_id, gpu_hit_tokens: int, host_hit_tokens: int) -> None:
+        if call_id not in self.core.sched.calls:  # not the core's call (an engine used directly)
+            return
+        self.core.call_started(call_id, worker, gpu_hit_tokens=gpu_hit_tokens, host_hit_tokens=host_hit_tokens)
 
     def _on_release(self, call_id: str, answer) -> None:
         fut = self._released.pop(call_id, None)
@@ -99,7 +111,8 @@ class InProcessClient:
                        on_chunk=None) -> tuple[RouteAnswer, GenerateResult]:
         route = await self.submit(call)
         engine = self.engines[route.worker_id]
-        self.core.call_started(call.call_id, route.worker_id)
+        if route.worker_id not in self._reports_admission:
+            self.core.call_started(call.call_id, route.worker_id)
         try:
             result = await collect(engine.generate(replace(request, reuse=request.reuse or route.reuse)),  # as Generate
                                    where=f"engine {engine.name}", call_id=call.call_id, on_chunk=on_chunk)

@@ -348,3 +348,44 @@ def test_without_a_host_tier_nothing_crosses_the_link():
     assert w.host is None and w.next_write_s() is None and w.link.busy_s == 0.0
     assert w.gpu.evictable_size() == 1000  # nothing locked under a write
     assert w.prefetch(0.0, _tokens(0, 1000)) is None
+
+
+def test_the_in_process_client_starts_a_call_when_its_engine_admits_it():
+    # The scheduler's CallStarted marks admission, with what the engine found of the prompt (the
+    # working-set admission counts faults from it), as in the replay; it once went out when the call
+    # was handed to the engine, without hits, so the live scheduler never saw a fault and kept calls
+    # queued inside the engine out of its admission order (issue 19).
+    from agentflow.runtime.events import CallStarted
+    from agentflow.runtime.service.core import CallRequest
+    from agentflow.runtime.service.inprocess import InProcessClient
+    from tests.service.test_service_reuse import review_spec
+
+    engine = SimEngine(cost=COST, name="w1", time_scale=10_000.0, strategy="priority")
+    started = []
+
+    async def go():
+        client = InProcessClient([engine], time_scale=10_000.0)
+        apply = client.core.sched.apply
+
+        def spy(event):
+            if isinstance(event, CallStarted):
+                started.append((event.call_id, event.gpu_hit_tokens, event.host_hit_tokens))
+            apply(event)
+
+        client.core.sched.apply = spy
+        try:
+            await client.open_program("p", review_spec(), tenant="acme")
+            first = GenerateRequest(call_id="p/draft", program_id="p", prompt_ids=tuple(range(100, 140)),
+                                    max_new_tokens=8, ignore_eos=True)
+            _, r1 = await client.run_call(CallRequest(program_id="p", call_id="p/draft", step="draft", prefixes=(),
+                                                      prompt_tokens=40), first)
+            prompt = first.prompt_ids + r1.output_ids + tuple(range(500, 520))
+            second = GenerateRequest(call_id="p/review", program_id="p", prompt_ids=prompt, max_new_tokens=4,
+                                     ignore_eos=True)
+            await client.run_call(CallRequest(program_id="p", call_id="p/review", step="review", prefixes=(),
+                                              prompt_tokens=len(prompt)), second)
+        finally:
+            await client.close()
+
+    asyncio.run(go())
+    assert started == [("p/draft", 0, 0), ("p/review", 48, 0)]  # the draft's 40 + 8 tokens, found cached

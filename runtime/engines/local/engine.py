@@ -44,7 +44,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import AsyncIterator, Hashable, Sequence
+from collections.abc import AsyncIterator, Callable, Hashable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 
@@ -170,6 +170,10 @@ class LocalEngine:
         self._closed = False
         self.steps = 0
         self.step_log: list[tuple[int, int, int, int, float]] | None = None  # calibration: see log_steps
+        # told (call id, device-hit tokens, host-loaded tokens) when a request is admitted: the moment
+        # a call starts, with what it found (the scheduler's CallStarted; its working set counts faults
+        # from these). Called after each admission round, never from inside it.
+        self.admission_listeners: list[Callable[[Hashable, int, int], None]] = []
         # cross-agent KV reuse (Decision.reuse); None: hints are ignored and no output is kept
         self.reuse = (OutputReuse(model.model, self.pool, config=reuse, anchors=reuse_anchors,
                                   capacity_tokens=reuse_capacity_tokens) if reuse is not None else None)
@@ -337,10 +341,16 @@ class LocalEngine:
         if not self._waiting:
             return
         self._waiting.sort(key=lambda s: (self._rank.get(s.request.call_id, 1 << 30), s.order))
+        admitted = []
         while self._waiting and len(self._running) < self.max_running:
             if not self._admit_one(self._waiting[0]):
                 break  # head of line blocks
-            self._running.append(self._waiting.pop(0))
+            seq = self._waiting.pop(0)
+            self._running.append(seq)
+            admitted.append(seq)
+        for seq in admitted:  # listeners may apply a decision: only once the round is done
+            for listener in self.admission_listeners:
+                listener(seq.request.call_id, seq.cached - seq.host_tokens, seq.host_tokens)
 
     def _admit_one(self, seq: _Seq) -> bool:
         ns = seq.request.namespace
@@ -460,12 +470,12 @@ class LocalEngine:
         self.cache.tree.insert(seq.tokens[: min(exact, seq.prompt_len) * B], priority=1, namespace=ns)
         self.cache.unlock(seq.hit.node)
         seq.hit = None
-        last = req.prefixes[-1] if req.prefixes else None
+        above = self._held_tokens(req.prefixes[-1]) if req.prefixes else 0
         key = prefix_key(ns, tuple(req.prompt_ids) + tuple(seq.output))
         if exact == n:
-            self.book.remember(key, ns, full, len(full) // B, last.num_tokens if last else 0)
+            self.book.remember(key, ns, full, len(full) // B, above)
         if req.priority is not None:
-            self._set_priority(ns, full, req.priority, last.num_tokens if last else 0)
+            self._set_priority(ns, full, req.priority, above)
         for ref in req.prefixes:  # the sequence was just inserted: its prefixes keep their priorities
             self._apply_priority(ref.key)
 
@@ -511,6 +521,15 @@ class LocalEngine:
         self.step_log.append((pre, pre_ctx, dec, dec_ctx, dt))
 
     # ---- prefixes ------------------------------------------------------------------------------
+    def _held_tokens(self, ref: PrefixRef) -> int:
+        """Tokens of `ref` this engine holds KV for. A prefix that ends with a previous call's output
+        (its history) is one token shorter here than declared: that call's last token was sampled,
+        never fed, so its KV first exists in the call that reads it, and the node this call adds
+        starts there. A priority set above the declared length would then miss that node: the
+        newest part of every history would keep the insert's priority."""
+        known = self.book.get(ref.key)
+        return min(ref.num_tokens, known.num_tokens) if known is not None else ref.num_tokens
+
     def _set_priority(self, namespace: str, tokens: bytes, priority: int, above_tokens: int) -> bool:
         """Priority of the nodes holding `tokens` beyond `above_tokens` (read-only walk: no access,
         no split; as the simulated worker's set_priority)."""

@@ -146,6 +146,8 @@ class SimEngine:
         self._closed = False
         self.iterations = 0
         self.reply = reply  # a scripted "model": prompt text -> answer text (tests, demos)
+        # told (call id, device-hit tokens, host-hit tokens) when a request is admitted (LocalEngine's hook)
+        self.admission_listeners: list[Callable[[Hashable, int, int], None]] = []
 
     # ---- time --------------------------------------------------------------------------------
     def now_s(self) -> float:
@@ -295,6 +297,8 @@ class SimEngine:
                 p = self._pending.get(sim.call_id)
                 if p is not None:
                     p.admitted_s = self._t
+                for listener in self.admission_listeners:  # as LocalEngine's: the call starts now
+                    listener(sim.call_id, sim.gpu_hit, sim.host_hit)
             if not w.has_work():
                 if not w.waiting and not self._transfers:
                     self._task = None

