@@ -27,6 +27,7 @@ one expires first.
 from __future__ import annotations
 
 import hashlib
+from hashlib import blake2b
 import json
 import uuid
 from collections import OrderedDict
@@ -42,7 +43,7 @@ def message_text(content) -> str:
         return ""
     if isinstance(content, str):
         return content
-    return "".join(p.get("text", "") for p in content if isinstance(p, Mapping))
+    return "".join(p.get("text", "") for p in content if isinstance(p, dict))
 
 
 def _args(arguments) -> str:
@@ -57,19 +58,27 @@ def _args(arguments) -> str:
 def canonical(m: Mapping) -> bytes:
     """role, text, tool_call_id and tool calls (id, name, arguments), each field length-prefixed so
     that no two different messages have the same form."""
-    fields = [m.get("role") or "", message_text(m.get("content")), m.get("tool_call_id") or ""]
-    for c in m.get("tool_calls") or ():
-        fn = c.get("function") or {}
-        fields += [c.get("id") or "", fn.get("name") or "", _args(fn.get("arguments", ""))]
-    return "".join(f"{len(f)}:{f}" for f in fields).encode()
+    role = m.get("role") or ""
+    c = m.get("content")
+    text = c if isinstance(c, str) else message_text(c)
+    tcid = m.get("tool_call_id") or ""
+    form = f"{len(role)}:{role}{len(text)}:{text}{len(tcid)}:{tcid}"
+    calls = m.get("tool_calls")
+    if calls:
+        fields = []
+        for c in calls:
+            fn = c.get("function") or {}
+            fields += [c.get("id") or "", fn.get("name") or "", _args(fn.get("arguments", ""))]
+        form += "".join(f"{len(f)}:{f}" for f in fields)
+    return form.encode()
 
 
 def chain(seed: str, messages: Sequence[Mapping]) -> list[bytes]:
     """chain[i]: the content hash of messages[:i+1] (each link hashes the one before)."""
-    h = hashlib.blake2b(seed.encode(), digest_size=16).digest()
+    h = blake2b(seed.encode(), digest_size=16).digest()
     out = []
     for m in messages:
-        h = hashlib.blake2b(h + canonical(m), digest_size=16).digest()
+        h = blake2b(h + canonical(m), digest_size=16).digest()
         out.append(h)
     return out
 

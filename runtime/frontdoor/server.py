@@ -66,7 +66,6 @@ class OpenAIServer:
 
         servicer = getattr(self.scheduler, "servicer", None)
         if servicer is not None:
-            self.front.submit = servicer.batcher.submit
             from agentflow.runtime.service.client import ServiceClient
 
             self._client = ServiceClient(self.scheduler.target, transport=self.scheduler.transport)
