@@ -3,9 +3,8 @@ calls, hints, errors. Short generations, greedy (temperature 0) so outputs can b
 
 from __future__ import annotations
 
-import time
-
 import asyncio
+import time
 
 import pytest
 
