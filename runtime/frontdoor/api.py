@@ -10,7 +10,8 @@
     GET  /v1/agentflow/graph      the learned graphs: agents, transitions, tool gaps, steps-to-execution
     POST /v1/agentflow/workflows  register a declared workflow (YAML or JSON text) under its name
 
-Every route but /health asks `auth.tenant_for` who calls. Errors are OpenAI's error objects, with
+Every route but /health asks `auth.caller_for` who calls (the service's credentials: a client
+token is its tenant; /metrics is an admin's). Errors are OpenAI's error objects, with
 `param` naming the field.
 """
 
@@ -26,9 +27,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from agentflow.runtime.frontdoor.auth import Unauthorized, tenant_for
+from agentflow.runtime.frontdoor.auth import Forbidden, Unauthorized, caller_for, credentials_for
 from agentflow.runtime.frontdoor.gateway import Answer, ChatRequest, FrontDoor, FrontDoorError
 from agentflow.runtime.frontdoor.hints import HintError, parse_hints
+from agentflow.runtime.service.auth import Credentials
 
 try:  # orjson where it is installed (several times json's speed), else json: the same JSON out
     import orjson
@@ -161,9 +163,11 @@ def _agentflow(a: Answer) -> dict:
     return {"program_id": a.program_id, "agent": a.agent, "step": a.step, "worker": a.worker}
 
 
-def build_app(front: FrontDoor, *, token: str | None = None):
-    """The ASGI app: the two completion routes on a lean path (below), the rest through Starlette."""
+def build_app(front: FrontDoor, *, token: str | None = None, credentials: Credentials | None = None):
+    """The ASGI app: the two completion routes on a lean path (below), the rest through Starlette.
+    Callers are the service's credentials' (auth.py); `token` alone: one shared admin token."""
     metrics = front.metrics
+    creds = credentials_for(token, credentials)
     children: dict = {}  # label values -> the metric's child (labels() costs more than inc())
 
     def _count(endpoint: str, status: int) -> None:
@@ -177,7 +181,7 @@ def build_app(front: FrontDoor, *, token: str | None = None):
         """One completion request (headers with lower-case names, the raw body): the JSON bytes
         of a whole answer, or a Response (an error, a stream)."""
         try:
-            tenant = tenant_for(headers.get("authorization"), token=token)
+            tenant = caller_for(headers.get("authorization"), creds).tenant
             if len(raw) > MAX_BODY_BYTES:
                 raise FrontDoorError(413, None, f"the body exceeds {MAX_BODY_BYTES} bytes")
             try:
@@ -217,9 +221,9 @@ def build_app(front: FrontDoor, *, token: str | None = None):
                 _count(endpoint, 200)
                 return _dumps(_full(endpoint, front, ans))
             first = await _first(gen)  # errors before the first byte are still HTTP errors
-        except Unauthorized as exc:
-            _count(endpoint, 401)
-            return _error(401, str(exc), code="invalid_api_key")
+        except (Unauthorized, Forbidden) as exc:
+            _count(endpoint, exc.status)
+            return _error(exc.status, str(exc), code=exc.code)
         except HintError as exc:
             _count(endpoint, 400)
             return _error(400, str(exc), param=exc.field, code="invalid_hint")
@@ -240,12 +244,16 @@ def build_app(front: FrontDoor, *, token: str | None = None):
 
     chat, completions = _routed("chat"), _routed("completions")
 
-    def _authed(fn):
+    def _authed(fn, *, admin_only: bool = False):
         async def wrapped(request: Request):
             try:
-                request.state.tenant = tenant_for(request.headers.get("authorization"), token=token)
-            except Unauthorized as exc:
-                return _error(401, str(exc), code="invalid_api_key")
+                caller = caller_for(request.headers.get("authorization"), creds)
+            except (Unauthorized, Forbidden) as exc:
+                return _error(exc.status, str(exc), code=exc.code)
+            if admin_only and not caller.admin:
+                return _error(403, "only an admin credential may read this (service-wide figures cover every "
+                              "tenant); a client sees its own programs at /v1/agentflow/programs", code="permission_denied")
+            request.state.caller = caller
             return await fn(request)
         return wrapped
 
@@ -261,19 +269,20 @@ def build_app(front: FrontDoor, *, token: str | None = None):
         return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
 
     async def programs(request: Request):
-        return JSONResponse({"programs": front.programs(request.state.tenant)[:1000]})
+        return JSONResponse({"programs": front.programs(request.state.caller.sees())[:1000]})
 
     async def graph(request: Request):
-        return JSONResponse({"workflows": front.learner.snapshot(request.query_params.get("workflow"),
-                                                                 tenant=request.state.tenant),
-                             "declared": sorted(front.workflows)})
+        sees = request.state.caller.sees()
+        return JSONResponse({"workflows": front.learner.snapshot(request.query_params.get("workflow"), tenant=sees),
+                             "declared": front.declared(sees)})
 
     async def workflows(request: Request):
         raw = (await request.body()).decode(errors="replace")
         if len(raw) > MAX_BODY_BYTES:
             return _error(413, f"the body exceeds {MAX_BODY_BYTES} bytes")
         try:
-            name = front.register_workflow(raw, source="request body")
+            caller = request.state.caller  # an admin's is every tenant's; a client's is its own
+            name = front.register_workflow(raw, source="request body", tenant=None if caller.admin else caller.tenant)
         except FrontDoorError as exc:
             return _error(exc.status, str(exc), param=exc.field, code=exc.code)
         return JSONResponse({"name": name})
@@ -282,7 +291,7 @@ def build_app(front: FrontDoor, *, token: str | None = None):
               Route("/v1/completions", completions, methods=["POST"]),
               Route("/v1/models", _authed(models), methods=["GET"]),
               Route("/health", health, methods=["GET"]),
-              Route("/metrics", _authed(metrics_route), methods=["GET"]),
+              Route("/metrics", _authed(metrics_route, admin_only=True), methods=["GET"]),
               Route("/v1/agentflow/programs", _authed(programs), methods=["GET"]),
               Route("/v1/agentflow/graph", _authed(graph), methods=["GET"]),
               Route("/v1/agentflow/workflows", _authed(workflows), methods=["POST"])]

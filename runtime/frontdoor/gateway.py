@@ -124,7 +124,8 @@ class FrontDoor:
         self.tracker = ProgramTracker(config.tracker)
         self.learner = GraphLearner(config.learner)
         self.namer = AgentNamer()
-        self.workflows: dict[str, str] = {}  # declared workflow name -> its spec (JSON)
+        # declared workflows: (tenant, name) -> spec (JSON); tenant None: every tenant's (the operator's)
+        self.workflows: dict[tuple[str | None, str], str] = {}
         self._plans: dict[str, _ProgramPlan] = {}
         self.in_flight = 0
         self.expired_for_quota = 0  # programs ended early: their tenant's quota of open programs was full
@@ -210,8 +211,10 @@ class FrontDoor:
         return False
 
     # ================================================================ workflows =================
-    def register_workflow(self, spec_text: str, *, source: str = "workflow", fmt: str | None = None) -> str:
-        """Register a declared workflow (YAML or JSON text) under its name; returns the name."""
+    def register_workflow(self, spec_text: str, *, source: str = "workflow", fmt: str | None = None,
+                          tenant: str | None = None) -> str:
+        """Register a declared workflow (YAML or JSON text) under its name, for one tenant (None:
+        every tenant, as `--openai-workflow` does); returns the name."""
         from agentflow.errors import SpecError, WorkflowValidationError
         from agentflow.spec import WorkflowSpec
 
@@ -219,10 +222,19 @@ class FrontDoor:
             compiled = WorkflowSpec.parse(spec_text, source=source, fmt=fmt).compile()
         except (SpecError, WorkflowValidationError) as exc:
             raise FrontDoorError(400, "spec", str(exc)) from None
-        if len(self.workflows) >= 1024 and compiled.graph.name not in self.workflows:
+        key = (tenant, compiled.graph.name)
+        if len(self.workflows) >= 1024 and key not in self.workflows:
             raise FrontDoorError(429, "spec", "1024 workflows are registered already", code="rate_limit_exceeded")
-        self.workflows[compiled.graph.name] = WorkflowSpec.from_compiled(compiled).to_json()
+        self.workflows[key] = WorkflowSpec.from_compiled(compiled).to_json()
         return compiled.graph.name
+
+    def workflow_spec(self, tenant: str, name: str) -> str | None:
+        """The declared workflow a tenant's `workflow` hint names: its own, else the operator's."""
+        return self.workflows.get((tenant, name)) or self.workflows.get((None, name))
+
+    def declared(self, tenant: str | None) -> list[str]:
+        """The declared workflow names a tenant can use (None: all, for an admin)."""
+        return sorted({n for t, n in self.workflows if tenant is None or t in (None, tenant)})
 
     # ================================================================ requests ==================
     def _agent_of(self, prog: TrackedProgram, messages: Sequence[Mapping], hints: Hints) -> str:
@@ -238,8 +250,8 @@ class FrontDoor:
         return agent
 
     def _open(self, prog: TrackedProgram, tenant: str, agent: str, hints: Hints) -> _ProgramPlan:
-        if hints.workflow and hints.workflow in self.workflows:
-            spec = self.workflows[hints.workflow]
+        spec = self.workflow_spec(tenant, hints.workflow) if hints.workflow else None
+        if spec is not None:
             pp = _ProgramPlan(workflow=hints.workflow, declared=True, opened_s=self.clock())
         else:
             cls = f"hint:{tenant}:{hints.workflow}" if hints.workflow else f"auto:{tenant}:{agent}"
