@@ -1,22 +1,33 @@
 """bench/front_door.py: what the OpenAI front door costs, and what its learned graphs keep.
 
-    .venv/bin/python bench/front_door.py --json
+    flock /work/bench.lock .venv/bin/python bench/front_door.py --json
 
-  added_latency_p50_ms / _p99_ms  one chat request at a time over loopback HTTP: the front door
-                                  (hints, program inference, learning, the scheduler's submit and
-                                  routing, call reports, metrics) in front of a zero-cost engine,
-                                  minus the same requests to a bare Starlette + uvicorn app that
-                                  tokenizes and calls the same engine directly (the engine alone,
-                                  served the same way). Requests alternate between the two.
-  requests_per_s                  chat requests answered per second at saturation (64 concurrent),
-                                  the zero-cost engine, engine time excluded: through the ASGI app
-                                  in process (no socket); requests_per_s_http: over loopback HTTP
-                                  with the client in the same process (a lower bound: the client
-                                  shares the 2 cores)
-  learned_gain_share_swe/_chatdev the shipped workloads replayed without their declared graphs
-                                  through the front door's inference (bench/front_door_replay.py):
-                                  (JCT baseline - JCT policy learned) / (JCT baseline - JCT policy
-                                  declared), mean JCT, simulated H100
+Each server runs in its own process (uvicorn as `agentflow serve --openai` runs it, with the
+zero-cost engine below); the load generator is a lean keep-alive HTTP/1.1 client in this process.
+
+  added_latency_p50_ms / _p99_ms  one chat request at a time over loopback HTTP, alternating: the
+                                  front door (hints, program inference, learning, the scheduler's
+                                  submit and routing, call reports, metrics) in front of the engine,
+                                  minus the engine alone served by a bare Starlette app on the same
+                                  uvicorn (the quantiles' difference)
+  requests_per_s                  chat requests per second at saturation (--concurrency keep-alive
+                                  connections), counted by the server (first to last answer);
+                                  requests_per_s_client: the client's count; server_cpu_ms_per_request:
+                                  the server process's CPU; engine_alone: the same for the bare app
+  asgi_*                          the ASGI app called in process (no socket, no HTTP parsing): CPU per
+                                  request at saturation, scheduling steps per request, and, one
+                                  request at a time, the CPU the front door adds to the engine alone
+                                  (CPU time does not depend on the neighbours' load; wall time does)
+  learned_gain_share_swe/_chatdev the shipped workloads replayed without their declared graphs through
+                                  the front door's inference and learner (bench/front_door_replay.py):
+                                  (JCT control - JCT learned) / (JCT control - JCT declared), the
+                                  control being the front door with no hints and nothing learned;
+                                  tool_gap_share_*: the tool gaps alone; graph_share_*: the rest.
+                                  None: the declared graph gains nothing over the control
+  loadavg_start / _end            /proc/loadavg around the run (the machine is shared)
+
+FRONT_DOOR_PROFILE=FILE writes a cProfile of the front door's server process; FRONT_DOOR_PROFILE_ASGI=
+tottime prints where one in-process request's CPU goes (development aids).
 """
 
 from __future__ import annotations
@@ -394,8 +405,9 @@ def main() -> None:
     ap.add_argument("--baseline", default="lru", help="the policy the gain is measured from")
     ap.add_argument("--policy", default="agentflow", help="the workflow-aware policy")
     ap.add_argument("--swe-programs", type=int, default=None, help="the first N SWE-bench programs (default all)")
-    ap.add_argument("--chatdev-kv-tokens", type=int, default=20_000,
-                    help="ChatDev's KV pool: at the preset's 418k tokens all 27 programs fit and no policy gains")
+    ap.add_argument("--chatdev-kv-tokens", type=int, default=30_000,
+                    help="ChatDev's KV pool: at the preset's 418k tokens all 27 programs fit and no policy gains "
+                         "(at 20k the replay's declared run does not finish: it ticks for ever)")
     ap.add_argument("--journal", default="file",
                     help="the scheduler's journal: 'file' (a SQLite file, as `agentflow serve` runs), ':memory:' "
                          "(SQLite in memory), 'none' (a core that keeps no journal: the front door embedded)")
@@ -431,8 +443,10 @@ def main() -> None:
                             policy=args.policy, num_programs=args.swe_programs)
         chat = learned_share(os.path.join(root, "chatdev.jsonl"), baseline=args.baseline, policy=args.policy,
                              kv_capacity_tokens=args.chatdev_kv_tokens, concurrency=27)
-        out["learned_gain_share_swe"] = swe["learned_gain_share"]
-        out["learned_gain_share_chatdev"] = chat["learned_gain_share"]
+        for name, r in (("swe", swe), ("chatdev", chat)):
+            out[f"learned_gain_share_{name}"] = r["learned_gain_share"]  # None: the declared graph gains nothing
+            out[f"tool_gap_share_{name}"] = r["tool_gap_share"]
+            out[f"graph_share_{name}"] = r["graph_share"]
         out["swe"] = swe
         out["chatdev"] = chat
         out["baseline"], out["policy"] = args.baseline, args.policy

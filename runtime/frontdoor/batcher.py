@@ -10,9 +10,12 @@ scheduling step and a journal transaction of its own. Here they queue, and one f
                                                  (one step, one routing snapshot), one commit
 
 A flush runs on the loop turn after the first submission queues (everything ready to run in that
-turn joins it), so a lone request waits for nothing. Reports alone wait up to `report_delay_s` for
-a submission to ride with; every submission's step sees every report made before it (the order in
-which they queued), so a pin a tool gap asks for is in place before any later call is routed.
+turn joins it), so a lone request waits for nothing; under load flushes are at least
+`min_interval_s` apart (1 ms), so a step serves every request that arrived meanwhile. A step's cost
+grows with what it plans over (programs, prefixes whose users moved), not with the calls it
+carries. Reports alone wait up to `report_delay_s` (2 ms) for a submission to ride with; every
+submission's step sees every report made before it (the order in which they queued), so a pin a
+tool gap asks for is in place before any later call is routed.
 
 Submissions of a parked program are held by the core (working-set admission) and answered through
 its release listeners, as the gRPC SubmitBatcher's are.
