@@ -120,6 +120,15 @@ class LearnedReplay(Replay):
         super()._program_done(pid)
 
 
+class NeverHeldReplay(Replay):
+    """The declared graph, its programs never held by the working set (as the front door's): what
+    the declared graph gains without program admission."""
+
+    def _submit(self, pid):
+        self.sched.activate(pid)
+        super()._submit(pid)
+
+
 _GRAPHS: dict = {}
 
 
@@ -134,7 +143,7 @@ def _graph(spec_json: str):
 
 def learned_share(workload: str, *, baseline: str = "lru", policy: str = "agentflow", num_programs: int | None = None,
                   kv_capacity_tokens: int | None = None, concurrency: int | None = None,
-                  preset: str = "llama-3.1-8b-h100") -> dict:
+                  preset: str = "llama-3.1-8b-h100", never_held: bool = False) -> dict:
     """Mean JCT of five runs of one workload, and where the gain comes from:
 
         baseline      `baseline` policy (lru): what an engine does alone
@@ -143,6 +152,8 @@ def learned_share(workload: str, *, baseline: str = "lru", policy: str = "agentf
         control       `policy` through the front door with no hints and nothing learned: a plan
                       of one catch-all step, no tool gaps reported
         tool_gaps     the control plus the tool gaps (start, finish and duration): no graph
+        declared_never_held  (never_held=True) the declared run with its programs never held by
+                      the working set, as the front door's never are: the admission's part
 
     learned_gain_share = (control - learned) / (control - declared): of what the declared graph
     gains over the front door knowing nothing, the share the front door's learning keeps.
@@ -167,10 +178,14 @@ def learned_share(workload: str, *, baseline: str = "lru", policy: str = "agentf
     t0 = time.perf_counter()
     runs = [("baseline", baseline, None, None), ("declared", policy, None, None), ("learned", policy, True, True),
             ("control", policy, False, False), ("tool_gaps", policy, False, True)]
+    if never_held:
+        runs.append(("declared_never_held", policy, None, False))
     for label, name, learn, tools in runs:
         arrivals = ClosedLoop(programs, num_in_flight=conc)
-        sim = (LearnedReplay(arrivals, name, cost, rc, prepared, learn=learn, tools=tools) if learn is not None
-               else Replay(arrivals, declared, name, cost, rc, prepared=prepared))
+        if learn is not None:
+            sim = LearnedReplay(arrivals, name, cost, rc, prepared, learn=learn, tools=tools)
+        else:
+            sim = (NeverHeldReplay if tools is False else Replay)(arrivals, declared, name, cost, rc, prepared=prepared)
         t = time.perf_counter()
         out[f"jct_mean_s_{label}"] = round(sim.run()["jct_mean_s"], 3)
         out[f"wall_s_{label}"] = round(time.perf_counter() - t, 1)
@@ -193,4 +208,4 @@ def learned_share(workload: str, *, baseline: str = "lru", policy: str = "agentf
     return out
 
 
-__all__ = ["LearnedReplay", "learned_share"]
+__all__ = ["LearnedReplay", "NeverHeldReplay", "learned_share"]
