@@ -252,7 +252,8 @@ def build_app(front: FrontDoor, *, token: str | None = None, credentials: Creden
                 return _error(exc.status, str(exc), code=exc.code)
             if admin_only and not caller.admin:
                 return _error(403, "only an admin credential may read this (service-wide figures cover every "
-                              "tenant); a client sees its own programs at /v1/agentflow/programs", code="permission_denied")
+                              "tenant); a client sees its own programs at /v1/agentflow/programs",
+                              code="permission_denied")
             request.state.caller = caller
             return await fn(request)
         return wrapped

@@ -30,7 +30,8 @@ from dataclasses import dataclass, field, replace
 from agentflow.graph.model import StepKind
 from agentflow.runtime.engines.base import Engine, GenerateRequest, GenerateResult, TokenChunk, prefix_chain
 from agentflow.runtime.frontdoor.batcher import CallBatcher
-from agentflow.runtime.frontdoor.conversation import ProgramTracker, TrackedProgram, TrackerLimits, chain, message_text
+from agentflow.runtime.frontdoor.conversation import (LinkCache, ProgramTracker, TrackedProgram, TrackerLimits, chain,
+                                                      message_text)
 from agentflow.runtime.frontdoor.hints import Hints
 from agentflow.runtime.frontdoor.learner import AgentNamer, GraphLearner, LearnedPlan, LearnerLimits
 from agentflow.runtime.frontdoor.render import forced_prefix, parse_tool_calls, render_messages
@@ -122,6 +123,7 @@ class FrontDoor:
         self.clock = clock
         self.metrics = metrics
         self.tracker = ProgramTracker(config.tracker)
+        self.links = LinkCache()  # hash-chain links already computed: a resent history is not rehashed
         self.learner = GraphLearner(config.learner)
         self.namer = AgentNamer()
         # declared workflows: (tenant, name) -> spec (JSON); tenant None: every tenant's (the operator's)
@@ -335,7 +337,7 @@ class FrontDoor:
         self.unknown_hint_keys += hints.unknown_keys
         now = self.clock()
         pid = f"oa:{tenant}:{hints.program_id}" if hints.program_id else None
-        links = chain(tenant, req.messages) if req.messages else None
+        links = chain(tenant, req.messages, self.links) if req.messages else None
         if pid is None and req.messages:
             pid = self.tracker.find(tenant, req.messages, links)
         prog, created = self.tracker.open(pid, tenant=tenant, now_s=now)
