@@ -412,6 +412,8 @@ def main() -> None:
                     help="the scheduler's journal: 'file' (a SQLite file, as `agentflow serve` runs), ':memory:' "
                          "(SQLite in memory), 'none' (a core that keeps no journal: the front door embedded)")
     ap.add_argument("--skip-replay", action="store_true")
+    ap.add_argument("--never-held", action="store_true",
+                    help="replay also the declared graph with its programs never held by the working set")
     ap.add_argument("--skip-http", action="store_true")
     ap.add_argument("--_serve", choices=["front", "bare"], help=argparse.SUPPRESS)
     ap.add_argument("--_port-file", help=argparse.SUPPRESS)
@@ -440,9 +442,9 @@ def main() -> None:
     if not args.skip_replay:
         root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "examples", "workloads")
         swe = learned_share(os.path.join(root, "swebench-mini-swe-agent.jsonl"), baseline=args.baseline,
-                            policy=args.policy, num_programs=args.swe_programs)
+                            policy=args.policy, num_programs=args.swe_programs, never_held=args.never_held)
         chat = learned_share(os.path.join(root, "chatdev.jsonl"), baseline=args.baseline, policy=args.policy,
-                             kv_capacity_tokens=args.chatdev_kv_tokens, concurrency=27)
+                             kv_capacity_tokens=args.chatdev_kv_tokens, concurrency=27, never_held=args.never_held)
         for name, r in (("swe", swe), ("chatdev", chat)):
             out[f"learned_gain_share_{name}"] = r["learned_gain_share"]  # None: the declared graph gains nothing
             out[f"tool_gap_share_{name}"] = r["tool_gap_share"]
