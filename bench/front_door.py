@@ -27,7 +27,8 @@ zero-cost engine below); the load generator is a lean keep-alive HTTP/1.1 client
   loadavg_start / _end            /proc/loadavg around the run (the machine is shared)
 
 FRONT_DOOR_PROFILE=FILE writes a cProfile of the front door's server process; FRONT_DOOR_PROFILE_ASGI=
-tottime prints where one in-process request's CPU goes (development aids).
+tottime prints where one in-process request's CPU goes; FRONT_DOOR_STEP_S sets the batcher's step interval
+(development aids; at 4 ms instead of 1 ms: 958 instead of 1,139 requests/s, p50 +1.7 ms).
 """
 
 from __future__ import annotations
@@ -156,7 +157,8 @@ async def _serve_forever(kind: str, journal: str, port_file: str) -> None:
             sched.core.journal = None
         await sched.start()
         fd = OpenAIServer(sched, [ZeroCostEngine()], listen="127.0.0.1:0",
-                          config=FrontDoorConfig(model_id="agentflow-sim", max_in_flight=4096))
+                          config=FrontDoorConfig(model_id="agentflow-sim", max_in_flight=4096,
+                                                 step_interval_s=float(os.environ.get("FRONT_DOOR_STEP_S", "0.001"))))
         await fd.front.start()
         app = build_app(fd.front, token=None)
     else:

@@ -63,6 +63,7 @@ class FrontDoorConfig:
     learner: LearnerLimits = LearnerLimits()
     expire_interval_s: float = 1.0
     kv_bytes_per_token: int | None = None  # pinned bytes in /metrics (None: the engine's, else the core's)
+    step_interval_s: float = 0.001  # under load, scheduling steps at least this far apart (batcher.py)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -118,7 +119,7 @@ class FrontDoor:
         self.engines = {e.name: e for e in engines} if serve_engines else {}
         self.tokenizer = engines[0]
         self.submit = submit  # async (CallRequest) -> RouteAnswer | ServiceError; None: the batcher's
-        self.batcher = CallBatcher(core)
+        self.batcher = CallBatcher(core, min_interval_s=config.step_interval_s)
         self.remote = remote  # async generator (route, GenerateRequest) for workers not embedded here
         self.clock = clock
         self.metrics = metrics
