@@ -1,22 +1,34 @@
 """bench/front_door.py: what the OpenAI front door costs, and what its learned graphs keep.
 
-    .venv/bin/python bench/front_door.py --json
+    flock /work/bench.lock .venv/bin/python bench/front_door.py --json
 
-  added_latency_p50_ms / _p99_ms  one chat request at a time over loopback HTTP: the front door
-                                  (hints, program inference, learning, the scheduler's submit and
-                                  routing, call reports, metrics) in front of a zero-cost engine,
-                                  minus the same requests to a bare Starlette + uvicorn app that
-                                  tokenizes and calls the same engine directly (the engine alone,
-                                  served the same way). Requests alternate between the two.
-  requests_per_s                  chat requests answered per second at saturation (64 concurrent),
-                                  the zero-cost engine, engine time excluded: through the ASGI app
-                                  in process (no socket); requests_per_s_http: over loopback HTTP
-                                  with the client in the same process (a lower bound: the client
-                                  shares the 2 cores)
-  learned_gain_share_swe/_chatdev the shipped workloads replayed without their declared graphs
-                                  through the front door's inference (bench/front_door_replay.py):
-                                  (JCT baseline - JCT policy learned) / (JCT baseline - JCT policy
-                                  declared), mean JCT, simulated H100
+Each server runs in its own process (uvicorn as `agentflow serve --openai` runs it, with the
+zero-cost engine below); the load generator is a lean keep-alive HTTP/1.1 client in this process.
+
+  added_latency_p50_ms / _p99_ms  one chat request at a time over loopback HTTP, alternating: the
+                                  front door (hints, program inference, learning, the scheduler's
+                                  submit and routing, call reports, metrics) in front of the engine,
+                                  minus the engine alone served by a bare Starlette app on the same
+                                  uvicorn (the quantiles' difference)
+  requests_per_s                  chat requests per second at saturation (--concurrency keep-alive
+                                  connections), counted by the server (first to last answer);
+                                  requests_per_s_client: the client's count; server_cpu_ms_per_request:
+                                  the server process's CPU; engine_alone: the same for the bare app
+  asgi_*                          the ASGI app called in process (no socket, no HTTP parsing): CPU per
+                                  request at saturation, scheduling steps per request, and, one
+                                  request at a time, the CPU the front door adds to the engine alone
+                                  (CPU time does not depend on the neighbours' load; wall time does)
+  learned_gain_share_swe/_chatdev the shipped workloads replayed without their declared graphs through
+                                  the front door's inference and learner (bench/front_door_replay.py):
+                                  (JCT control - JCT learned) / (JCT control - JCT declared), the
+                                  control being the front door with no hints and nothing learned;
+                                  tool_gap_share_*: the tool gaps alone; graph_share_*: the rest.
+                                  None: the declared graph gains nothing over the control
+  loadavg_start / _end            /proc/loadavg around the run (the machine is shared)
+
+FRONT_DOOR_PROFILE=FILE writes a cProfile of the front door's server process; FRONT_DOOR_PROFILE_ASGI=
+tottime prints where one in-process request's CPU goes; FRONT_DOOR_STEP_S sets the batcher's step interval
+(development aids; at 4 ms instead of 1 ms: 958 instead of 1,139 requests/s, p50 +1.7 ms).
 """
 
 from __future__ import annotations
@@ -69,6 +81,7 @@ class ZeroCostEngine:
 
 
 def _bare_app(engine):
+    """The engine alone, served as a minimal OpenAI-style app (Starlette, as most are)."""
     from starlette.applications import Starlette
     from starlette.requests import Request
     from starlette.responses import JSONResponse
@@ -94,16 +107,139 @@ def _bare_app(engine):
     return Starlette(routes=[Route("/v1/chat/completions", chat, methods=["POST"])])
 
 
-async def _serve(app):
+def _counted(app):
+    """The app, with the server's own count of what it answered: GET /__bench/reset zeroes it,
+    GET /__bench/stats says requests, first and last answer (monotonic s) and this process's CPU."""
+    st = {"n": 0, "first": 0.0, "last": 0.0, "cpu0": time.process_time()}
+
+    async def wrapped(scope, receive, send):
+        path = scope.get("path", "")
+        if path.startswith("/__bench/"):
+            if path == "/__bench/reset":
+                st.update(n=0, first=0.0, last=0.0, cpu0=time.process_time())
+            out = json.dumps({"requests": st["n"], "first_s": st["first"], "last_s": st["last"],
+                              "cpu_s": time.process_time() - st["cpu0"]}).encode()
+            await send({"type": "http.response.start", "status": 200,
+                        "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(out)).encode())]})
+            await send({"type": "http.response.body", "body": out})
+            return
+        await app(scope, receive, send)
+        now = time.monotonic()
+        st["n"] += 1
+        st["last"] = now
+        if st["n"] == 1:
+            st["first"] = now
+
+    return wrapped
+
+
+async def _serve_forever(kind: str, journal: str, port_file: str) -> None:
+    """A server process: the front door (kind 'front') or the engine alone ('bare'), on loopback."""
+    import signal
+
     import uvicorn
 
     from agentflow.runtime.frontdoor.server import _Server
 
-    srv = _Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off", access_log=False))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    sched = fd = None
+    if kind == "front":
+        from agentflow.runtime.frontdoor.api import build_app
+        from agentflow.runtime.frontdoor.gateway import FrontDoorConfig
+        from agentflow.runtime.frontdoor.server import OpenAIServer
+        from agentflow.runtime.service.app import build_scheduler
+
+        sched, _ = build_scheduler(journal_path=":memory:" if journal == "none" else journal)
+        if journal == "none":  # the front door in process with a core that keeps no journal
+            sched.core.journal = None
+        await sched.start()
+        fd = OpenAIServer(sched, [ZeroCostEngine()], listen="127.0.0.1:0",
+                          config=FrontDoorConfig(model_id="agentflow-sim", max_in_flight=4096,
+                                                 step_interval_s=float(os.environ.get("FRONT_DOOR_STEP_S", "0.001"))))
+        await fd.front.start()
+        app = build_app(fd.front, token=None)
+    else:
+        app = _bare_app(ZeroCostEngine("bare"))
+    srv = _Server(uvicorn.Config(_counted(app), host="127.0.0.1", port=0, log_level="warning", lifespan="off",
+                                 access_log=False))
     task = asyncio.ensure_future(srv.serve())
     while not srv.started:
         await asyncio.sleep(0.01)
-    return srv, task, srv.servers[0].sockets[0].getsockname()[1]
+    proto = srv.servers[0].sockets[0]
+    with open(port_file + ".tmp", "w") as f:
+        f.write(json.dumps({"port": proto.getsockname()[1], "http": srv.config.http_protocol_class.__name__,
+                            "loop": type(loop).__module__}))
+    os.replace(port_file + ".tmp", port_file)
+    await stop.wait()
+    srv.should_exit = True
+    await task
+    if fd is not None:
+        await fd.front.stop()
+        await sched.stop(1.0)
+
+
+class _Server:
+    """A server process started for the bench (and stopped with it)."""
+
+    def __init__(self, kind: str, journal: str, tmp: str):
+        import subprocess
+
+        self.port_file = os.path.join(tmp, f"{kind}.port")
+        self.proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--_serve", kind, "--journal", journal,
+                                      "--_port-file", self.port_file])
+        deadline = time.monotonic() + 60
+        while not os.path.exists(self.port_file):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the {kind} server did not start")
+            time.sleep(0.05)
+        with open(self.port_file) as f:
+            info = json.load(f)
+        self.port, self.http, self.loop = info["port"], info["http"], info["loop"]
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(30)
+
+
+class _Conn:
+    """A lean HTTP/1.1 keep-alive client connection (the load generator must not be the bottleneck)."""
+
+    def __init__(self, port: int):
+        self.port = port
+        self.reader = self.writer = None
+
+    async def open(self):
+        self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
+        return self
+
+    async def request(self, method: str, path: str, body: bytes = b"") -> tuple[int, bytes]:
+        self.writer.write(b"%s %s HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n"
+                          b"content-length: %d\r\n\r\n%s" % (method.encode(), path.encode(), len(body), body))
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        status = int(head[9:12])
+        i = head.lower().find(b"content-length:")
+        if i < 0:
+            raise RuntimeError(f"status {status}, no content-length: {head[:200]!r}")
+        n = int(head[i + 15:head.index(b"\r\n", i)])
+        return status, await self.reader.readexactly(n)
+
+    async def post(self, body: bytes) -> None:
+        status, out = await self.request("POST", "/v1/chat/completions", body)
+        if status != 200:
+            raise RuntimeError(f"status {status}: {out[:200]!r}")
+
+    async def stats(self, reset: bool = False) -> dict:
+        c = await _Conn(self.port).open()  # a fresh one: an idle keep-alive connection is closed after 5 s
+        try:
+            return json.loads((await c.request("GET", "/__bench/reset" if reset else "/__bench/stats"))[1])
+        finally:
+            c.close()
+
+    def close(self):
+        self.writer.close()
 
 
 def _body(i: int, turn: int) -> dict:
@@ -114,53 +250,82 @@ def _body(i: int, turn: int) -> dict:
     return {"model": "agentflow-sim", "messages": msgs, "max_tokens": 1, "temperature": 0}
 
 
-async def latency_and_throughput(n_latency: int, n_throughput: int, journal: str) -> dict:
-    import httpx
+def _q(xs, p):
+    return statistics.quantiles(xs, n=100, method="inclusive")[p - 1] if len(xs) > 1 else xs[0]
 
+
+def _bodies(n: int, base: int) -> list[bytes]:
+    # programs of 8 turns (500 at a time), each turn extending the last: agent traffic, not one-shots;
+    # every 4,000 requests 500 new programs (no request repeats an earlier one)
+    return [json.dumps(_body(base + (i // 4000) * 500 + i % 500, (i % 4000) // 500)).encode() for i in range(n)]
+
+
+async def _latency(front: _Server, bare: _Server, n: int) -> dict:
+    """One request at a time, alternating between the front door and the engine alone."""
+    cf, cb = await _Conn(front.port).open(), await _Conn(bare.port).open()
+    bodies = _bodies(n + 50, 0)
+    front_ms, bare_ms = [], []
+    for i, body in enumerate(bodies):  # the first 50 pairs warm up
+        for c, out in ((cf, front_ms), (cb, bare_ms)):
+            t = time.perf_counter()
+            await c.post(body)
+            if i >= 50:
+                out.append((time.perf_counter() - t) * 1000)
+    cf.close(), cb.close()
+    return {"front_door_p50_ms": round(_q(front_ms, 50), 3), "front_door_p99_ms": round(_q(front_ms, 99), 3),
+            "engine_alone_p50_ms": round(_q(bare_ms, 50), 3), "engine_alone_p99_ms": round(_q(bare_ms, 99), 3),
+            "added_latency_p50_ms": round(_q(front_ms, 50) - _q(bare_ms, 50), 3),
+            "added_latency_p99_ms": round(_q(front_ms, 99) - _q(bare_ms, 99), 3)}
+
+
+async def _saturate(server: _Server, n: int, concurrency: int, base: int) -> dict:
+    """`concurrency` keep-alive connections sending `n` requests in all, as fast as answered:
+    requests/s from the client's clock and from the server's own count (first to last answer)."""
+    conns = [await _Conn(server.port).open() for _ in range(concurrency)]
+    ctl = _Conn(server.port)
+    bodies = _bodies(n, base)
+    nxt = iter(range(n))
+    await ctl.stats(reset=True)
+    cpu0 = time.process_time()
+
+    async def run(c):
+        for i in nxt:
+            await c.post(bodies[i])
+
+    t = time.perf_counter()
+    await asyncio.gather(*(run(c) for c in conns))
+    wall = time.perf_counter() - t
+    client_cpu = time.process_time() - cpu0
+    st = await ctl.stats()
+    for c in conns:
+        c.close()
+    span = st["last_s"] - st["first_s"]
+    return {"requests_per_s_client": round(n / wall, 1),
+            "requests_per_s_server": round((st["requests"] - 1) / span, 1) if span > 0 else None,
+            "server_cpu_ms_per_request": round(st["cpu_s"] / st["requests"] * 1000, 4),
+            "client_cpu_ms_per_request": round(client_cpu / n * 1000, 4)}
+
+
+async def _asgi_cpu(n: int, journal: str) -> dict:
+    """The ASGI apps called in process as uvicorn calls them (no socket, no HTTP parsing): CPU per
+    request of the front door at saturation (64 at a time) and, one at a time, front door vs the
+    engine alone. CPU time does not depend on the neighbours' load; wall time does."""
+    from agentflow.runtime.frontdoor.api import build_app
     from agentflow.runtime.frontdoor.gateway import FrontDoorConfig
     from agentflow.runtime.frontdoor.server import OpenAIServer
     from agentflow.runtime.service.app import build_scheduler
 
-    sched, _ = build_scheduler(journal_path=journal)
-    await sched.start()
+    sched, _ = build_scheduler(journal_path=":memory:" if journal == "none" else journal)
+    if journal == "none":
+        sched.core.journal = None
     fd = OpenAIServer(sched, [ZeroCostEngine()], listen="127.0.0.1:0",
                       config=FrontDoorConfig(model_id="agentflow-sim", max_in_flight=4096))
-    port = await fd.start()
-    bare, bare_task, bare_port = await _serve(_bare_app(ZeroCostEngine("bare")))
-    front_ms, bare_ms = [], []
-    async with httpx.AsyncClient(timeout=30) as c:
-        for i in range(n_latency + 50):  # 50 warm-up pairs
-            body = _body(i % 200, (i // 200) % 8)
-            for url, out in ((f"http://127.0.0.1:{port}/v1/chat/completions", front_ms),
-                             (f"http://127.0.0.1:{bare_port}/v1/chat/completions", bare_ms)):
-                t = time.perf_counter()
-                r = await c.post(url, json=body)
-                dt = (time.perf_counter() - t) * 1000
-                r.raise_for_status()
-                if i >= 50:
-                    out.append(dt)
-        # saturation over HTTP
-        sem = asyncio.Semaphore(64)
-
-        async def one(i):
-            async with sem:
-                (await c.post(f"http://127.0.0.1:{port}/v1/chat/completions",
-                              json=_body(10_000 + i % 500, (i // 500) % 8))
-                 ).raise_for_status()
-
-        t = time.perf_counter()
-        await asyncio.gather(*(one(i) for i in range(n_throughput)))
-        rps_http = n_throughput / (time.perf_counter() - t)
-    # saturation in process: the ASGI app called as uvicorn calls it (no socket, no HTTP client),
-    # 64 requests at a time; wall time and this process's CPU time
-    from agentflow.runtime.frontdoor.api import build_app
-
+    await fd.front.start()
     app = build_app(fd.front, token=None)
-    # programs of 8 turns (500 at a time), each turn extending the last: agent traffic, not one-shots
-    bodies = [json.dumps(_body(20_000 + i % 500, (i // 500) % 8)).encode() for i in range(n_throughput)]
+    bodies = _bodies(n, 20_000)
     sem = asyncio.Semaphore(64)
 
-    async def one_asgi(a, i):
+    async def one(a, i):
         async with sem:
             status = []
 
@@ -179,75 +344,117 @@ async def latency_and_throughput(n_latency: int, n_throughput: int, journal: str
             if status != [200]:
                 raise RuntimeError(f"status {status}")
 
-    t, cpu = time.perf_counter(), time.process_time()
-    await asyncio.gather(*(one_asgi(app, i) for i in range(n_throughput)))
-    wall, cpu = time.perf_counter() - t, time.process_time() - cpu
-    rps = n_throughput / wall
-    # the same requests, one at a time, to the front door and to the bare app: CPU per request
-    # (what latency is on an idle core; wall times on this shared machine carry the neighbours' load)
+    cpu = time.process_time()
+    await asyncio.gather(*(one(app, i) for i in range(n)))
+    cpu = time.process_time() - cpu
+    flushes, submitted = fd.front.batcher.flushes, fd.front.batcher.submitted
     bare_app = _bare_app(ZeroCostEngine("bare2"))
+    bodies = _bodies(n, 40_000)
     cpu_front, cpu_bare = [], []
-    for i in range(min(n_throughput, 2000)):
+    prof = None
+    if os.environ.get("FRONT_DOOR_PROFILE_ASGI"):  # development: where one request's CPU goes
+        import cProfile
+
+        prof = cProfile.Profile()
+    for i in range(min(n, 2000)):
         for a, out in ((app, cpu_front), (bare_app, cpu_bare)):
+            if prof and a is app:
+                prof.enable()
             c0 = time.process_time()
-            await one_asgi(a, i)
+            await one(a, i)
             out.append(time.process_time() - c0)
-    bare.should_exit = True
-    await bare_task
-    await fd.stop()
+            if prof and a is app:
+                prof.disable()
+    if prof:
+        import pstats
+
+        pstats.Stats(prof, stream=sys.stderr).sort_stats(os.environ["FRONT_DOOR_PROFILE_ASGI"]).print_stats(40)
+    await fd.front.stop()
     await sched.stop(1.0)
+    return {"asgi_cpu_ms_per_request": round(cpu / n * 1000, 4),
+            "asgi_scheduler_steps_per_request": round(flushes / submitted, 4),
+            "asgi_added_cpu_ms_per_request": round((sum(cpu_front) - sum(cpu_bare)) / len(cpu_front) * 1000, 4),
+            "asgi_engine_alone_cpu_ms_per_request": round(sum(cpu_bare) / len(cpu_bare) * 1000, 4)}
 
-    def q(xs, p):
-        return statistics.quantiles(xs, n=100, method="inclusive")[p - 1] if len(xs) > 1 else xs[0]
 
-    return {"front_door_p50_ms": round(q(front_ms, 50), 3), "front_door_p99_ms": round(q(front_ms, 99), 3),
-            "engine_alone_p50_ms": round(q(bare_ms, 50), 3), "engine_alone_p99_ms": round(q(bare_ms, 99), 3),
-            "added_latency_p50_ms": round(q(front_ms, 50) - q(bare_ms, 50), 3),
-            "added_latency_p99_ms": round(q(front_ms, 99) - q(bare_ms, 99), 3),
-            "requests_per_s": round(rps, 1), "cpu_ms_per_request": round(cpu / n_throughput * 1000, 3),
-            "added_cpu_ms_per_request": round((sum(cpu_front) - sum(cpu_bare)) / len(cpu_front) * 1000, 3),
-            "journal": journal,
-            "requests_per_s_http": round(rps_http, 1)}
+def _loadavg() -> list[float]:
+    with open("/proc/loadavg") as f:
+        return [float(x) for x in f.read().split()[:3]]
+
+
+def latency_and_throughput(n_latency: int, n_throughput: int, concurrency: int, journal: str, tmp: str) -> dict:
+    out: dict = {"journal": journal}
+    front, bare = _Server("front", journal, tmp), _Server("bare", journal, tmp)
+    try:
+        out["http"], out["event_loop"] = front.http, front.loop
+        out.update(asyncio.run(_latency(front, bare, n_latency)))
+        sat = asyncio.run(_saturate(front, n_throughput, concurrency, 10_000))
+        out["requests_per_s"] = sat["requests_per_s_server"]
+        out.update(sat)
+        out["engine_alone"] = asyncio.run(_saturate(bare, n_throughput, concurrency, 10_000))
+    finally:
+        front.stop()
+        bare.stop()
+    return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--json", action="store_true", help="print one JSON line")
     ap.add_argument("--requests", type=int, default=1000, help="latency: requests per path")
-    ap.add_argument("--saturation-requests", type=int, default=4000)
+    ap.add_argument("--saturation-requests", type=int, default=20_000)
+    ap.add_argument("--concurrency", type=int, default=64, help="saturation: keep-alive connections")
     ap.add_argument("--baseline", default="lru", help="the policy the gain is measured from")
     ap.add_argument("--policy", default="agentflow", help="the workflow-aware policy")
     ap.add_argument("--swe-programs", type=int, default=None, help="the first N SWE-bench programs (default all)")
-    ap.add_argument("--chatdev-kv-tokens", type=int, default=20_000,
-                    help="ChatDev's KV pool: at the preset's 418k tokens all 27 programs fit and no policy gains")
-    ap.add_argument("--journal", default=None,
-                    help="the scheduler's journal (default: a file, as `agentflow serve` runs; ':memory:' for SQLite in memory)")
+    ap.add_argument("--chatdev-kv-tokens", type=int, default=30_000,
+                    help="ChatDev's KV pool: at the preset's 418k tokens all 27 programs fit and no policy gains "
+                         "(at 20k the replay's declared run does not finish: it ticks for ever)")
+    ap.add_argument("--journal", default="file",
+                    help="the scheduler's journal: 'file' (a SQLite file, as `agentflow serve` runs), ':memory:' "
+                         "(SQLite in memory), 'none' (a core that keeps no journal: the front door embedded)")
     ap.add_argument("--skip-replay", action="store_true")
-    ap.add_argument("--control", action="store_true",
-                    help="also replay with a plan that learns nothing (one catch-all agent): how much of the "
-                         "gain needs no graph")
+    ap.add_argument("--never-held", action="store_true",
+                    help="replay also the declared graph with its programs never held by the working set")
+    ap.add_argument("--skip-http", action="store_true")
+    ap.add_argument("--_serve", choices=["front", "bare"], help=argparse.SUPPRESS)
+    ap.add_argument("--_port-file", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args._serve:
+        prof_path = os.environ.get("FRONT_DOOR_PROFILE")  # a cProfile of the server process, for development
+        if prof_path and args._serve == "front":
+            import cProfile
+
+            cProfile.runctx("asyncio.run(_serve_forever(args._serve, args.journal, args._port_file))", globals(),
+                            {"args": args}, prof_path)
+        else:
+            asyncio.run(_serve_forever(args._serve, args.journal, args._port_file))
+        return
     from front_door_replay import learned_share
 
     import tempfile
 
+    out: dict = {"loadavg_start": _loadavg(), "cores": os.cpu_count()}
     with tempfile.TemporaryDirectory() as tmp:
-        journal = args.journal or os.path.join(tmp, "journal.sqlite")
-        out = asyncio.run(latency_and_throughput(args.requests, args.saturation_requests, journal))
-        if not args.journal:
-            out["journal"] = "file (serve's default)"
-    out["cores"] = os.cpu_count()
+        journal = os.path.join(tmp, "journal.sqlite") if args.journal == "file" else args.journal
+        if not args.skip_http:
+            out.update(latency_and_throughput(args.requests, args.saturation_requests, args.concurrency, journal, tmp))
+        out.update(asyncio.run(_asgi_cpu(args.saturation_requests, journal)))
+        out["journal"] = "file (serve's default)" if args.journal == "file" else args.journal
     if not args.skip_replay:
         root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "examples", "workloads")
         swe = learned_share(os.path.join(root, "swebench-mini-swe-agent.jsonl"), baseline=args.baseline,
-                            policy=args.policy, num_programs=args.swe_programs, control=args.control)
+                            policy=args.policy, num_programs=args.swe_programs, never_held=args.never_held)
         chat = learned_share(os.path.join(root, "chatdev.jsonl"), baseline=args.baseline, policy=args.policy,
-                             kv_capacity_tokens=args.chatdev_kv_tokens, concurrency=27, control=args.control)
-        out["learned_gain_share_swe"] = swe["learned_gain_share"]
-        out["learned_gain_share_chatdev"] = chat["learned_gain_share"]
+                             kv_capacity_tokens=args.chatdev_kv_tokens, concurrency=27, never_held=args.never_held)
+        for name, r in (("swe", swe), ("chatdev", chat)):
+            out[f"learned_gain_share_{name}"] = r["learned_gain_share"]  # None: the declared graph gains nothing
+            out[f"tool_gap_share_{name}"] = r["tool_gap_share"]
+            out[f"graph_share_{name}"] = r["graph_share"]
         out["swe"] = swe
         out["chatdev"] = chat
         out["baseline"], out["policy"] = args.baseline, args.policy
+    out["loadavg_end"] = _loadavg()
     if args.json:
         print(json.dumps(out))
     else:

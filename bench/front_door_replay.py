@@ -11,8 +11,11 @@ same ToolStarted / ToolFinished pair). The declared-graph run is runtime/replay'
 
 from __future__ import annotations
 
+import sys
+
 from agentflow.runtime.frontdoor.conversation import ProgramTracker
 from agentflow.runtime.frontdoor.learner import AgentNamer, GraphLearner
+from agentflow.runtime.events import ToolFinished, ToolStarted
 from agentflow.runtime.replay.engine import Replay
 
 
@@ -27,10 +30,20 @@ class _Plan:
 
 
 class LearnedReplay(Replay):
-    def __init__(self, arrivals, policy, cost, config, prepared, *, learn: bool = True):
-        self.learn = learn  # False: the control, a plan that never learns an agent (one catch-all loop)
+    def __init__(self, arrivals, policy, cost, config, prepared, *, learn: bool = True, tools: bool = True):
+        self.learn = learn  # False: a plan that never learns an agent (one catch-all loop)
+        self.tools = tools  # False: no tool gaps reported (the front door as a plain proxy)
         self.learned = _Plan()
         super().__init__(arrivals, self.learned, policy, cost, config, prepared=prepared)
+        if not tools:
+            apply = self.sched.apply
+
+            def without_tools(event):
+                if not isinstance(event, ToolStarted | ToolFinished):
+                    return apply(event)
+                return None
+
+            self.sched.apply = without_tools
         self.tracker = ProgramTracker()
         self.namer = AgentNamer()
         self.learner = GraphLearner()
@@ -95,6 +108,8 @@ class LearnedReplay(Replay):
             self.learner.call(cls, prev, agent)
         meta[3] = agent
         self.learned.step = plan.step_of(self.learner.agent_of(cls, agent))
+        # as the front door: its programs declare no end, so the working set never holds them
+        self.sched.activate(pid)
         super()._submit(pid)
         self.tracker.answered(tracked, msgs, {"role": "assistant", "content": self._answer(pid, i)})
 
@@ -103,6 +118,15 @@ class LearnedReplay(Replay):
         self.learner.program_done(cls, last, len(self._progs[pid].program.calls))
         self.tracker.remove(tracked.program_id)
         super()._program_done(pid)
+
+
+class NeverHeldReplay(Replay):
+    """The declared graph, its programs never held by the working set (as the front door's): what
+    the declared graph gains without program admission."""
+
+    def _submit(self, pid):
+        self.sched.activate(pid)
+        super()._submit(pid)
 
 
 _GRAPHS: dict = {}
@@ -119,9 +143,21 @@ def _graph(spec_json: str):
 
 def learned_share(workload: str, *, baseline: str = "lru", policy: str = "agentflow", num_programs: int | None = None,
                   kv_capacity_tokens: int | None = None, concurrency: int | None = None,
-                  preset: str = "llama-3.1-8b-h100", control: bool = False) -> dict:
-    """JCT (mean) of the baseline, the policy with the declared (planning) graph, the policy with the
-    learned graph; the share of the declared gain the learned graph keeps."""
+                  preset: str = "llama-3.1-8b-h100", never_held: bool = False) -> dict:
+    """Mean JCT of five runs of one workload, and where the gain comes from:
+
+        baseline      `baseline` policy (lru): what an engine does alone
+        declared      `policy` with the declared (planning) graph and the tool events
+        learned       `policy` through the front door: the graph it learns, the tool gaps it sees
+        control       `policy` through the front door with no hints and nothing learned: a plan
+                      of one catch-all step, no tool gaps reported
+        tool_gaps     the control plus the tool gaps (start, finish and duration): no graph
+        declared_never_held  (never_held=True) the declared run with its programs never held by
+                      the working set, as the front door's never are: the admission's part
+
+    learned_gain_share = (control - learned) / (control - declared): of what the declared graph
+    gains over the front door knowing nothing, the share the front door's learning keeps.
+    tool_gap_share is the same for tool gaps alone; graph_share = learned_gain_share - tool_gap_share."""
     import time
 
     from agentflow.runtime.engines.sim.costmodel import make_cost_model
@@ -140,28 +176,36 @@ def learned_share(workload: str, *, baseline: str = "lru", policy: str = "agentf
     prepared: dict = {}
     out = {"programs": len(programs), "kv_capacity_tokens": kv, "concurrency": conc}
     t0 = time.perf_counter()
-    runs = [("baseline", baseline, None), ("declared", policy, None), ("learned", policy, True)]
-    if control:
-        runs.append(("nothing_learned", policy, False))
-    for label, name, learn in runs:
+    runs = [("baseline", baseline, None, None), ("declared", policy, None, None), ("learned", policy, True, True),
+            ("control", policy, False, False), ("tool_gaps", policy, False, True)]
+    if never_held:
+        runs.append(("declared_never_held", policy, None, False))
+    for label, name, learn, tools in runs:
         arrivals = ClosedLoop(programs, num_in_flight=conc)
-        learned = learn is not None
-        sim = (LearnedReplay(arrivals, name, cost, rc, prepared, learn=learn) if learned
-               else Replay(arrivals, declared, name, cost, rc, prepared=prepared))
+        if learn is not None:
+            sim = LearnedReplay(arrivals, name, cost, rc, prepared, learn=learn, tools=tools)
+        else:
+            sim = (NeverHeldReplay if tools is False else Replay)(arrivals, declared, name, cost, rc, prepared=prepared)
+        t = time.perf_counter()
         out[f"jct_mean_s_{label}"] = round(sim.run()["jct_mean_s"], 3)
+        out[f"wall_s_{label}"] = round(time.perf_counter() - t, 1)
+        print(f"  {workload.rsplit('/', 1)[-1]} {label}: JCT {out[f'jct_mean_s_{label}']} s ({out[f'wall_s_{label}']} s)", file=sys.stderr)
         if learn:
             out["inference_accuracy"] = round(1 - sim.inference_misses / max(1, sim.inferred_calls), 4)
             out["learned_plans_built"] = sim.learner.plans_built
-    gain_declared = out["jct_mean_s_baseline"] - out["jct_mean_s_declared"]
-    gain_learned = out["jct_mean_s_baseline"] - out["jct_mean_s_learned"]
-    out["declared_gain_s"] = round(gain_declared, 3)
-    out["learned_gain_s"] = round(gain_learned, 3)
-    out["learned_gain_share"] = round(gain_learned / gain_declared, 4) if gain_declared > 0 else None
-    if control and gain_declared > 0:  # how much of the gain needs no graph at all (tool-gap pins alone)
-        out["nothing_learned_gain_share"] = round((out["jct_mean_s_baseline"] - out["jct_mean_s_nothing_learned"])
-                                                  / gain_declared, 4)
+    ctl = out["jct_mean_s_control"]
+    gain_declared = ctl - out["jct_mean_s_declared"]
+    out["declared_gain_over_control_s"] = round(gain_declared, 3)
+    out["declared_gain_over_baseline_s"] = round(out["jct_mean_s_baseline"] - out["jct_mean_s_declared"], 3)
+    out["learned_gain_over_control_s"] = round(ctl - out["jct_mean_s_learned"], 3)
+    if gain_declared > 0:
+        out["learned_gain_share"] = round((ctl - out["jct_mean_s_learned"]) / gain_declared, 4)
+        out["tool_gap_share"] = round((ctl - out["jct_mean_s_tool_gaps"]) / gain_declared, 4)
+        out["graph_share"] = round(out["learned_gain_share"] - out["tool_gap_share"], 4)
+    else:  # the declared graph gains nothing over the control: there is no gain to keep
+        out["learned_gain_share"] = out["tool_gap_share"] = out["graph_share"] = None
     out["wall_s"] = round(time.perf_counter() - t0, 1)
     return out
 
 
-__all__ = ["LearnedReplay", "learned_share"]
+__all__ = ["LearnedReplay", "NeverHeldReplay", "learned_share"]

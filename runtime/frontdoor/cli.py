@@ -20,8 +20,10 @@ def build_openai(scheduler, listen: str, *, engine: str = "local", token: str | 
     from agentflow.runtime.service.app import make_engine
 
     eng = make_engine(engine, name=f"embedded-{engine}")
+    # the scheduler's credentials (--tokens-file: each client token is its tenant; --token: one admin)
+    creds = getattr(getattr(scheduler, "authenticator", None), "credentials", None)
     return OpenAIServer(scheduler, [eng], listen=listen, config=FrontDoorConfig(model_id=MODEL_IDS[engine]),
-                        token=token, workflows=tuple(workflows))
+                        token=None if creds is not None else token, credentials=creds, workflows=tuple(workflows))
 
 
 __all__ = ["MODEL_IDS", "build_openai"]

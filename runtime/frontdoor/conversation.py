@@ -27,6 +27,8 @@ one expires first.
 from __future__ import annotations
 
 import hashlib
+import itertools
+from hashlib import blake2b
 import json
 import uuid
 from collections import OrderedDict
@@ -42,7 +44,7 @@ def message_text(content) -> str:
         return ""
     if isinstance(content, str):
         return content
-    return "".join(p.get("text", "") for p in content if isinstance(p, Mapping))
+    return "".join(p.get("text", "") for p in content if isinstance(p, dict))
 
 
 def _args(arguments) -> str:
@@ -57,21 +59,64 @@ def _args(arguments) -> str:
 def canonical(m: Mapping) -> bytes:
     """role, text, tool_call_id and tool calls (id, name, arguments), each field length-prefixed so
     that no two different messages have the same form."""
-    fields = [m.get("role") or "", message_text(m.get("content")), m.get("tool_call_id") or ""]
-    for c in m.get("tool_calls") or ():
-        fn = c.get("function") or {}
-        fields += [c.get("id") or "", fn.get("name") or "", _args(fn.get("arguments", ""))]
-    return "".join(f"{len(f)}:{f}" for f in fields).encode()
+    role = m.get("role") or ""
+    c = m.get("content")
+    text = c if isinstance(c, str) else message_text(c)
+    tcid = m.get("tool_call_id") or ""
+    form = f"{len(role)}:{role}{len(text)}:{text}{len(tcid)}:{tcid}"
+    calls = m.get("tool_calls")
+    if calls:
+        fields = []
+        for c in calls:
+            fn = c.get("function") or {}
+            fields += [c.get("id") or "", fn.get("name") or "", _args(fn.get("arguments", ""))]
+        form += "".join(f"{len(f)}:{f}" for f in fields)
+    return form.encode()
 
 
-def chain(seed: str, messages: Sequence[Mapping]) -> list[bytes]:
-    """chain[i]: the content hash of messages[:i+1] (each link hashes the one before)."""
-    h = hashlib.blake2b(seed.encode(), digest_size=16).digest()
+def chain(seed: str, messages: Sequence[Mapping], links: LinkCache | None = None) -> list[bytes]:
+    """chain[i]: the content hash of messages[:i+1] (each link hashes the one before). `links`: a
+    cache of links already computed (an agent resends its whole history every request)."""
+    h = blake2b(seed.encode(), digest_size=16).digest()
     out = []
+    if links is None:
+        for m in messages:
+            h = blake2b(h + canonical(m), digest_size=16).digest()
+            out.append(h)
+        return out
     for m in messages:
-        h = hashlib.blake2b(h + canonical(m), digest_size=16).digest()
+        h = links.link(h, m)
         out.append(h)
     return out
+
+
+class LinkCache:
+    """Links of the hash chain already computed, so a request that resends its conversation hashes
+    only what is new: (previous link, role, the text's length and Python hash) -> link, for plain
+    messages (a role and a string content; others are hashed each time). Python's string hash is
+    keyed per process (SipHash), so a client cannot aim two texts at one entry; what a collision
+    would cost is one wrong program guess, never another tenant's (the seed link carries the
+    tenant). Bounded: past `max_entries` the older half goes."""
+
+    def __init__(self, max_entries: int = 100_000):
+        self.max_entries = max_entries
+        self._links: dict[tuple, bytes] = {}
+        self.hits = 0
+
+    def link(self, prev: bytes, m: Mapping) -> bytes:
+        c = m.get("content")
+        if type(c) is not str or len(m) != 2:
+            return blake2b(prev + canonical(m), digest_size=16).digest()
+        key = (prev, m.get("role"), len(c), hash(c))
+        h = self._links.get(key)
+        if h is not None:
+            self.hits += 1
+            return h
+        h = self._links[key] = blake2b(prev + canonical(m), digest_size=16).digest()
+        if len(self._links) > self.max_entries:
+            for k in list(itertools.islice(self._links, self.max_entries // 2)):
+                del self._links[k]
+        return h
 
 
 def text_key(tenant: str, text: str) -> bytes:
@@ -184,5 +229,5 @@ class ProgramTracker:
         return self.programs.pop(pid, None)
 
 
-__all__ = ["MIN_QUOTE_CHARS", "ProgramTracker", "TrackedProgram", "TrackerLimits", "canonical", "chain",
+__all__ = ["LinkCache", "MIN_QUOTE_CHARS", "ProgramTracker", "TrackedProgram", "TrackerLimits", "canonical", "chain",
            "message_text", "text_key"]

@@ -22,14 +22,16 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import random
 import time
-import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from agentflow.graph.model import StepKind
 from agentflow.runtime.engines.base import Engine, GenerateRequest, GenerateResult, TokenChunk, prefix_chain
-from agentflow.runtime.frontdoor.conversation import ProgramTracker, TrackedProgram, TrackerLimits, chain, message_text
+from agentflow.runtime.frontdoor.batcher import CallBatcher
+from agentflow.runtime.frontdoor.conversation import (LinkCache, ProgramTracker, TrackedProgram, TrackerLimits, chain,
+                                                      message_text)
 from agentflow.runtime.frontdoor.hints import Hints
 from agentflow.runtime.frontdoor.learner import AgentNamer, GraphLearner, LearnedPlan, LearnerLimits
 from agentflow.runtime.frontdoor.render import forced_prefix, parse_tool_calls, render_messages
@@ -38,7 +40,8 @@ from agentflow.runtime.service.inprocess import load_report
 
 log = logging.getLogger("agentflow.openai")
 _HTTP = {Code.INVALID_ARGUMENT: 400, Code.NOT_FOUND: 404, Code.ALREADY_EXISTS: 409,
-         Code.FAILED_PRECONDITION: 409, Code.UNAVAILABLE: 503}
+         Code.FAILED_PRECONDITION: 409, Code.UNAVAILABLE: 503, Code.RESOURCE_EXHAUSTED: 429,
+         Code.PERMISSION_DENIED: 403, Code.INTERNAL: 500}
 MAX_PREFIXES = 4  # per request: the system prompt's, and the last few message boundaries
 
 
@@ -60,6 +63,7 @@ class FrontDoorConfig:
     learner: LearnerLimits = LearnerLimits()
     expire_interval_s: float = 1.0
     kv_bytes_per_token: int | None = None  # pinned bytes in /metrics (None: the engine's, else the core's)
+    step_interval_s: float = 0.001  # under load, scheduling steps at least this far apart (batcher.py)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -114,16 +118,20 @@ class FrontDoor:
         # serve_engines=False: the engines only tokenize, every call goes to workers registered over gRPC
         self.engines = {e.name: e for e in engines} if serve_engines else {}
         self.tokenizer = engines[0]
-        self.submit = submit  # async (CallRequest) -> RouteAnswer | ServiceError; None: core.submit_many
+        self.submit = submit  # async (CallRequest) -> RouteAnswer | ServiceError; None: the batcher's
+        self.batcher = CallBatcher(core, min_interval_s=config.step_interval_s)
         self.remote = remote  # async generator (route, GenerateRequest) for workers not embedded here
         self.clock = clock
         self.metrics = metrics
         self.tracker = ProgramTracker(config.tracker)
+        self.links = LinkCache()  # hash-chain links already computed: a resent history is not rehashed
         self.learner = GraphLearner(config.learner)
         self.namer = AgentNamer()
-        self.workflows: dict[str, str] = {}  # declared workflow name -> its spec (JSON)
+        # declared workflows: (tenant, name) -> spec (JSON); tenant None: every tenant's (the operator's)
+        self.workflows: dict[tuple[str | None, str], str] = {}
         self._plans: dict[str, _ProgramPlan] = {}
         self.in_flight = 0
+        self.expired_for_quota = 0  # programs ended early: their tenant's quota of open programs was full
         self.tool_gaps = 0
         self.unknown_hint_keys = 0
         self._tasks: list[asyncio.Task] = []
@@ -160,6 +168,7 @@ class FrontDoor:
         for prog in list(self.tracker.programs.values()):
             self._end(prog, cancelled=True)
             self.tracker.remove(prog.program_id)
+        self.batcher.close()
 
     def heartbeat(self) -> None:
         self._last_heartbeat = time.monotonic()
@@ -185,6 +194,7 @@ class FrontDoor:
         return len(gone)
 
     def _end(self, prog: TrackedProgram, *, cancelled: bool = False) -> None:
+        self.batcher.apply_reports()  # its calls' and tools' reports go in before it closes
         plan = self._plans.pop(prog.program_id, None)
         if plan is not None and not plan.declared:
             self.learner.program_done(plan.workflow, prog.last_agent, prog.calls)
@@ -193,9 +203,21 @@ class FrontDoor:
         with contextlib.suppress(ServiceError):
             self.core.close(prog.program_id, cancelled=cancelled)
 
+    def _expire_one(self, tenant: str, keep: TrackedProgram) -> bool:
+        """End the tenant's least recently used program with nothing in flight; False when none."""
+        for p in self.tracker.programs.values():  # least recently used first
+            if p.tenant == tenant and p is not keep and not p.in_flight and p.program_id in self._plans:
+                self.tracker.remove(p.program_id)
+                self._end(p)
+                self.expired_for_quota += 1
+                return True
+        return False
+
     # ================================================================ workflows =================
-    def register_workflow(self, spec_text: str, *, source: str = "workflow", fmt: str | None = None) -> str:
-        """Register a declared workflow (YAML or JSON text) under its name; returns the name."""
+    def register_workflow(self, spec_text: str, *, source: str = "workflow", fmt: str | None = None,
+                          tenant: str | None = None) -> str:
+        """Register a declared workflow (YAML or JSON text) under its name, for one tenant (None:
+        every tenant, as `--openai-workflow` does); returns the name."""
         from agentflow.errors import SpecError, WorkflowValidationError
         from agentflow.spec import WorkflowSpec
 
@@ -203,10 +225,19 @@ class FrontDoor:
             compiled = WorkflowSpec.parse(spec_text, source=source, fmt=fmt).compile()
         except (SpecError, WorkflowValidationError) as exc:
             raise FrontDoorError(400, "spec", str(exc)) from None
-        if len(self.workflows) >= 1024 and compiled.graph.name not in self.workflows:
+        key = (tenant, compiled.graph.name)
+        if len(self.workflows) >= 1024 and key not in self.workflows:
             raise FrontDoorError(429, "spec", "1024 workflows are registered already", code="rate_limit_exceeded")
-        self.workflows[compiled.graph.name] = WorkflowSpec.from_compiled(compiled).to_json()
+        self.workflows[key] = WorkflowSpec.from_compiled(compiled).to_json()
         return compiled.graph.name
+
+    def workflow_spec(self, tenant: str, name: str) -> str | None:
+        """The declared workflow a tenant's `workflow` hint names: its own, else the operator's."""
+        return self.workflows.get((tenant, name)) or self.workflows.get((None, name))
+
+    def declared(self, tenant: str | None) -> list[str]:
+        """The declared workflow names a tenant can use (None: all, for an admin)."""
+        return sorted({n for t, n in self.workflows if tenant is None or t in (None, tenant)})
 
     # ================================================================ requests ==================
     def _agent_of(self, prog: TrackedProgram, messages: Sequence[Mapping], hints: Hints) -> str:
@@ -222,18 +253,30 @@ class FrontDoor:
         return agent
 
     def _open(self, prog: TrackedProgram, tenant: str, agent: str, hints: Hints) -> _ProgramPlan:
-        if hints.workflow and hints.workflow in self.workflows:
-            spec = self.workflows[hints.workflow]
+        spec = self.workflow_spec(tenant, hints.workflow) if hints.workflow else None
+        if spec is not None:
             pp = _ProgramPlan(workflow=hints.workflow, declared=True, opened_s=self.clock())
         else:
             cls = f"hint:{tenant}:{hints.workflow}" if hints.workflow else f"auto:{tenant}:{agent}"
             plan = self.learner.plan(cls)
             spec = plan.spec_json
             pp = _ProgramPlan(workflow=cls, declared=False, plan=plan, opened_s=self.clock())
-        try:
-            h, _ = self.core.open_program(prog.program_id, tenant=tenant, workflow_spec=spec)
-        except ServiceError as exc:
-            raise FrontDoorError(_HTTP[exc.code], "agentflow.program_id", str(exc)) from None
+        for attempt in (0, 1):
+            try:
+                h, _ = self.core.open_program(prog.program_id, tenant=tenant, workflow_spec=spec)
+                # Front-door programs declare no end (they expire when idle), so the working set
+                # could park a new one for ever behind idle ones: they are never held. Active from
+                # the start, no scheduling step sizes them against the budget.
+                self.core.sched.activate(prog.program_id)
+                break
+            except ServiceError as exc:
+                # the tenant's quota of open programs: its least recently used idle program ends
+                # first (undeclared programs have no end of their own), then this one opens
+                if attempt == 0 and exc.code is Code.RESOURCE_EXHAUSTED and self._expire_one(tenant, prog):
+                    continue
+                raise FrontDoorError(_HTTP.get(exc.code, 500), "agentflow.program_id", str(exc),
+                                     code="rate_limit_exceeded" if exc.code is Code.RESOURCE_EXHAUSTED
+                                     else "invalid_request_error") from None
         if pp.declared:
             g = self.core.graphs[h]
             pp.steps = {s.name: (s.kind, s.agent, s.tool) for s in g.steps.values()}
@@ -270,8 +313,8 @@ class FrontDoor:
         step = self._tool_step(pp, tool)
         if step is None:
             return
-        with contextlib.suppress(ServiceError):
-            self.core.tool(prog.program_id, step=step, tool=tool[:128], finished=finished, duration_s=duration_s)
+        self.batcher.report("tool", prog.program_id, step=step, tool=tool[:128], finished=finished,
+                            duration_s=duration_s)
 
     def prompt_ids(self, req: ChatRequest) -> tuple[list[int], str, list[int]]:
         """(prompt ids, the forced tool-call opening, message boundaries in the ids)."""
@@ -295,7 +338,7 @@ class FrontDoor:
         self.unknown_hint_keys += hints.unknown_keys
         now = self.clock()
         pid = f"oa:{tenant}:{hints.program_id}" if hints.program_id else None
-        links = chain(tenant, req.messages) if req.messages else None
+        links = chain(tenant, req.messages, self.links) if req.messages else None
         if pid is None and req.messages:
             pid = self.tracker.find(tenant, req.messages, links)
         prog, created = self.tracker.open(pid, tenant=tenant, now_s=now)
@@ -327,7 +370,7 @@ class FrontDoor:
         bounds = [b for b in starts if 0 < b < len(ids)]
         bounds = sorted(set(bounds[:1] + bounds[-(MAX_PREFIXES - 1):])) if bounds else [len(ids)]
         refs = prefix_chain(tenant, ids, bounds)
-        call_id = f"{prog.program_id}#{prog.calls}-{uuid.uuid4().hex[:6]}"
+        call_id = f"{prog.program_id}#{prog.calls}-{random.getrandbits(24):06x}"
         call = CallRequest(program_id=prog.program_id, call_id=call_id, step=step, prefixes=refs,
                            prompt_tokens=len(ids), expected_output_tokens=req.max_tokens)
         gen = GenerateRequest(call_id=call_id, program_id=prog.program_id, prompt_ids=tuple(ids),
@@ -379,27 +422,12 @@ class FrontDoor:
         # embedded worker must not be declared lost for it
         if time.monotonic() - self._last_heartbeat >= self.core.config.heartbeat_interval_s:
             self.heartbeat()
-        # Front-door programs declare no end (they expire when idle), so the working set could park
-        # a new one for ever behind idle ones: they are never held.
-        self.core.sched.activate(call.program_id)
         if self.submit is not None:
             route = await self.submit(call)
-        else:
-            route = self.core.submit_many([call])[0]
-            if isinstance(route, Held):  # its program is parked: wait until the scheduler activates it
-                fut = asyncio.get_running_loop().create_future()
-
-                def released(call_id, answer, fut=fut, want=call.call_id):
-                    if call_id == want and not fut.done():
-                        fut.set_result(answer)
-
-                self.core.release_listeners.append(released)
-                try:
-                    route = await fut
-                finally:
-                    self.core.release_listeners.remove(released)
+        else:  # batched with the other requests of this loop turn: one scheduling step (batcher.py)
+            route = await self.batcher.submit(call)
         if isinstance(route, ServiceError):
-            raise FrontDoorError(_HTTP[route.code], None, f"scheduler: {route}", code="scheduler_error")
+            raise FrontDoorError(_HTTP.get(route.code, 500), None, f"scheduler: {route}", code="scheduler_error")
         engine = self.engines.get(route.worker_id)
         if engine is None:
             if self.remote is None:
@@ -407,13 +435,15 @@ class FrontDoor:
             async for item in self.remote(route, gen):
                 yield item if isinstance(item, TokenChunk) else (item, route.worker_id)
             return
-        from dataclasses import replace
-
-        with contextlib.suppress(ServiceError):  # not in flight any more (see call_finished below)
-            self.core.call_started(call.call_id, route.worker_id)
+        # the engine's reports ride with the next batch (no step, no commit of their own); a report
+        # the core refuses (the call's program closed under it, the worker was declared lost) is
+        # logged there: the answer is still the client's
+        report = self.batcher.report
+        report("call_started", call.call_id, route.worker_id)
         try:
             result = None
-            async with contextlib.aclosing(engine.generate(replace(gen, reuse=route.reuse))) as stream:
+            async with contextlib.aclosing(engine.generate(replace(gen, reuse=route.reuse) if route.reuse else gen)
+                                           ) as stream:
                 async for item in stream:
                     if isinstance(item, GenerateResult):
                         result = item
@@ -422,14 +452,11 @@ class FrontDoor:
             if result is None:
                 raise FrontDoorError(502, None, f"engine {engine.name} ended without a result")
         except BaseException as exc:
-            self.core.call_failed(call.call_id, route.worker_id, type(exc).__name__)
+            report("call_failed", call.call_id, route.worker_id, type(exc).__name__)
             raise
-        try:
-            self.core.call_finished(call.call_id, route.worker_id, output_tokens=len(result.output_ids),
-                                    cached=result.cached, prompt_tokens=result.prompt_tokens,
-                                    cached_tokens=result.cached_tokens, ttft_s=result.ttft_s)
-        except ServiceError as exc:  # its program closed under it, or the worker was declared lost: the
-            log.info("call %s: %s", call.call_id, exc)  # answer is still the client's
+        report("call_finished", call.call_id, route.worker_id, output_tokens=len(result.output_ids),
+               cached=result.cached, prompt_tokens=result.prompt_tokens, cached_tokens=result.cached_tokens,
+               ttft_s=result.ttft_s)
         yield result, route.worker_id
 
     # ================================================================ introspection =============

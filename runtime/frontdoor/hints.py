@@ -77,7 +77,7 @@ def parse_hints(body: Mapping, headers: Mapping[str, str]) -> Hints:
     src = "none"
     native = body.get("agentflow")
     if native is not None:
-        if not isinstance(native, Mapping):
+        if not isinstance(native, dict):
             raise HintError("agentflow", f"must be an object (got {type(native).__name__})")
         for k, v in native.items():
             if k not in _NATIVE:
@@ -108,10 +108,10 @@ def parse_hints(body: Mapping, headers: Mapping[str, str]) -> Hints:
     priority = None
     for path, obj in (("agent_hints", body.get("agent_hints")),
                       ("nvext.agent_hints", (body.get("nvext") or {}).get("agent_hints")
-                       if isinstance(body.get("nvext"), Mapping) else None)):
+                       if isinstance(body.get("nvext"), dict) else None)):
         if obj is None:
             continue
-        if not isinstance(obj, Mapping):
+        if not isinstance(obj, dict):
             raise HintError(path, f"must be an object (got {type(obj).__name__})")
         for k, v in obj.items():
             if k == "priority" and v is not None:

@@ -45,11 +45,17 @@ def _Server(config):
 
 class OpenAIServer:
     def __init__(self, scheduler, engines, *, listen: str = "127.0.0.1:8000", config: FrontDoorConfig = FrontDoorConfig(),
-                 token: str | None = None, workflows: tuple[str, ...] = (), serve_engines: bool = True):
+                 token: str | None = None, workflows: tuple[str, ...] = (), serve_engines: bool = True,
+                 credentials=None):
         self.scheduler = scheduler  # a SchedulerServer (started first) or None: the core alone
         self.host, self.port = split_listen(listen)
         self.metrics = FrontDoorMetrics()
         self.token = token
+        # who may call: the given credentials, else the shared token, else the scheduler's own
+        # (--tokens-file: each client token is its tenant), else open
+        auth = getattr(scheduler, "authenticator", None)
+        self.credentials = credentials if credentials is not None else (
+            None if token else getattr(auth, "credentials", None))
         self.front = FrontDoor(scheduler.core, engines, config=config, metrics=self.metrics, serve_engines=serve_engines)
         self._tokenizers = list(engines)
         self.metrics.bind(self.front)
@@ -66,13 +72,12 @@ class OpenAIServer:
 
         servicer = getattr(self.scheduler, "servicer", None)
         if servicer is not None:
-            self.front.submit = servicer.batcher.submit
             from agentflow.runtime.service.client import ServiceClient
 
             self._client = ServiceClient(self.scheduler.target, transport=self.scheduler.transport)
             self.front.remote = self._client.generate
         await self.front.start()
-        app = build_app(self.front, token=self.token)
+        app = build_app(self.front, token=self.token, credentials=self.credentials)
         config = uvicorn.Config(app, host=self.host, port=self.port, log_level="warning", lifespan="off",
                                 access_log=False)
         self._server = _Server(config)

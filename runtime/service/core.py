@@ -570,6 +570,13 @@ class ServiceCore:
             self._batch_loads = None
         return out  # type: ignore[return-value]
 
+    @contextlib.contextmanager
+    def batch(self):
+        """Reports and submissions inside share one journal transaction (one commit for many); a
+        write the journal refuses leaves memory as the journal says (UNAVAILABLE, as `_durable`)."""
+        with self._durable(), self.journal.batch() if self.journal is not None else contextlib.nullcontext():
+            yield
+
     def check_call(self, req: CallRequest) -> None:
         """Every field of a submission on its own (no state): the error names the field."""
         lim = self.config.limits
@@ -789,9 +796,12 @@ class ServiceCore:
         return call
 
     def call_started(self, call_id: str, worker_id: str, *, reporter: str | None = None,
-                     gpu_hit_tokens: int | None = None, host_hit_tokens: int | None = None) -> None:
+                     gpu_hit_tokens: int | None = None, host_hit_tokens: int | None = None,
+                     step: bool = True) -> None:
         """The call began on its worker; an engine that reports its admission also says what of the
-        prompt it found (device, host): the working-set admission counts faults from these."""
+        prompt it found (device, host): the working-set admission counts faults from these.
+        `step=False`: apply and journal the report, but leave the scheduling step to the caller's
+        next `submit_many` or `tick` (a caller that batches reports: one step for many)."""
         call = self._reported_call(call_id, worker_id, reporter)
         for name, v in (("gpu_hit_tokens", gpu_hit_tokens), ("host_hit_tokens", host_hit_tokens)):
             if v is not None:
@@ -800,12 +810,13 @@ class ServiceCore:
             self.sched.apply(CallStarted(call_id=call_id, worker=worker_id, gpu_hit_tokens=gpu_hit_tokens,
                                          host_hit_tokens=host_hit_tokens))
             self._journal(self.programs[str(call.program_id)], "started", {"call_id": call_id, "worker": worker_id}, 0)
-        self._step()
+        if step:
+            self._step()
 
     def call_finished(self, call_id: str, worker_id: str, *, output_tokens: int,
                       cached: tuple[PrefixRef, ...] = (), prompt_tokens: int | None = None,
                       cached_tokens: int | None = None, ttft_s: float | None = None,
-                      reporter: str | None = None) -> None:
+                      reporter: str | None = None, step: bool = True) -> None:
         call = self._reported_call(call_id, worker_id, reporter)
         lim = self.config.limits
         check_int(output_tokens, "output_tokens", 0, lim.max_tokens)
@@ -842,7 +853,8 @@ class ServiceCore:
             t.end_step(str(call.program_id), call.step)
             if prompt_tokens is not None and cached_tokens is not None and 0 <= cached_tokens <= prompt_tokens:
                 t.record_hit(prompt_tokens, cached_tokens, worker=worker_id)
-        self._step()
+        if step:
+            self._step()
 
     def call_failed(self, call_id: str, worker_id: str, error: str = "", *, reporter: str | None = None) -> bool:
         """A call that ended without a result (cancelled by its program, or the engine refused it):
@@ -857,7 +869,7 @@ class ServiceCore:
 
     # ================================================================ tools and closing =========
     def tool(self, program_id: str, *, step: str, tool: str, finished: bool, duration_s: float = 0.0,
-             event_seq: int = 0) -> None:
+             event_seq: int = 0, take_step: bool = True) -> None:
         lim = self.config.limits
         check_id(program_id, "program_id", lim)
         check_id(step, "step", lim)
@@ -889,7 +901,8 @@ class ServiceCore:
             else:
                 self.telemetry.start_step(program_id, step)
                 self.telemetry.start_tool(program_id, tool, step=step)
-        self._step()
+        if take_step:
+            self._step()
 
     def close(self, program_id: str, *, cancelled: bool = False, event_seq: int = 0) -> None:
         check_id(program_id, "program_id", self.config.limits)

@@ -4,6 +4,7 @@ calls, hints, errors. Short generations, greedy (temperature 0) so outputs can b
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
@@ -129,7 +130,14 @@ def test_a_tool_gap_pins_and_is_learned(frontdoor):
     assert r1.choices[0].finish_reason == "tool_calls" and call.function.name == "list_files"
     pid = r1.model_extra["agentflow"]["program_id"]
     assert frontdoor.programs()[pid]["waiting_on_tools"] == ["list_files"]
-    pins = frontdoor.call(lambda: [p for p in frontdoor.sched.core.sched.pins.values() if p.program_id == pid])
+    # the tool-start report rides with the front door's next scheduling step (batcher.py: within
+    # its report delay, 2 ms, when no other request comes first)
+    deadline = time.monotonic() + 5
+    while True:
+        pins = frontdoor.call(lambda: [p for p in frontdoor.sched.core.sched.pins.values() if p.program_id == pid])
+        if pins or time.monotonic() > deadline:
+            break
+        time.sleep(0.01)
     assert len(pins) == 1 and pins[0].tool == "list_files" and pins[0].num_tokens > r1.usage.prompt_tokens
     # the engine holds the KV that exists: the prompt and all of the answer but its last token
     assert frontdoor.metric("agentflow_pinned_tokens", '{worker="local0"}') >= pins[0].num_tokens - 1

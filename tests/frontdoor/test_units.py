@@ -126,3 +126,22 @@ def test_tool_calls_render_and_parse():
     prefix = '<tool_call>{"name": "ls", "arguments": '
     _, calls = parse_tool_calls('{"p": "}"}} trailing', prefix)
     assert calls[0]["function"]["arguments"] == '{"p": "}"}'
+
+
+def test_the_link_cache_gives_the_chain_it_saves():
+    from agentflow.runtime.frontdoor.conversation import LinkCache, chain
+
+    msgs = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "hi"},
+            {"role": "assistant", "content": None, "tool_calls": [{"id": "c1", "type": "function",
+                                                                    "function": {"name": "f", "arguments": "{}"}}]},
+            {"role": "tool", "tool_call_id": "c1", "content": "done"}]
+    cache = LinkCache(max_entries=4)
+    first = chain("t", msgs, cache)
+    assert first == chain("t", msgs)  # the same links as without the cache
+    assert chain("t", msgs, cache) == first and cache.hits == 2  # the two plain messages, from the cache
+    # another tenant's seed, or another text, is another chain
+    assert chain("u", msgs, cache)[0] != first[0]
+    assert chain("t", [msgs[0], {"role": "user", "content": "hj"}], cache)[1] != first[1]
+    for i in range(10):  # bounded
+        chain("t", [{"role": "user", "content": f"m{i}"}], cache)
+    assert len(cache._links) <= 4
