@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import bisect
 import heapq
+import itertools
 import math
 from collections.abc import Hashable
 from dataclasses import dataclass
@@ -46,6 +47,7 @@ from agentflow.runtime.events import (
     ToolStarted, WorkerLost, WorkerUpdate,
 )
 from agentflow.runtime.policies import Policy
+from agentflow.runtime.policies.admission import overdue_key
 from agentflow.runtime.policies.programs import active_footprint_tokens, footprint_tokens
 from agentflow.runtime.prefixes import PrefixRef
 from agentflow.runtime.remaining_work import RemainingWork, RemainingWorkConfig
@@ -105,6 +107,10 @@ class Scheduler:
         self.budget_tokens: float | None = None
         self._fault_s = 0.0
         self._stall_s = 0.0
+        self._new_pins: dict[str, Pin] = {}  # made in the current step, not yet in a decision
+        self._overdue: set[Hashable] = set()  # waiting calls past the admission policy's max_wait_s
+        self._by_submission: list[tuple[float, int, Hashable]] = []  # heap of waiting calls (lazy deletes)
+        self._seq = itertools.count()
         self._window_start_s: float | None = None
         self._programs_changed = False
         self.faults = {"fault_tokens": 0, "reload_tokens": 0, "fault_s": 0.0, "stall_s": 0.0}  # totals, for reports
@@ -196,6 +202,9 @@ class Scheduler:
 
     def _enqueue(self, call_id: Hashable, prog: ProgramState) -> None:
         self.waiting[call_id] = None
+        self._overdue.discard(call_id)
+        if self.policy.admission.max_wait_s is not None:
+            heapq.heappush(self._by_submission, (self.calls[call_id].submitted_s, next(self._seq), call_id))
         self._queue.push(call_id, self.policy.admission.key(self.calls[call_id], prog))
         self._waiting_changed = True
         self._new_calls.append(call_id)
@@ -219,6 +228,7 @@ class Scheduler:
         if self.waiting.pop(e.call_id, 0) is None:
             self._waiting_changed = True
             self._queue.discard(e.call_id)
+            self._overdue.discard(e.call_id)
         self.programs[call.program_id].worker = e.worker
 
     def _finished(self, e: CallFinished) -> None:
@@ -228,6 +238,7 @@ class Scheduler:
         if self.waiting.pop(e.call_id, 0) is None:
             self._waiting_changed = True
             self._queue.discard(e.call_id)
+            self._overdue.discard(e.call_id)
         del self.calls[e.call_id]
         prog.calls.discard(e.call_id)
         prog.attained_tokens += call.prompt_tokens + e.output_tokens
@@ -237,7 +248,7 @@ class Scheduler:
             self.remaining.observe_growth(prog.graph.name, prog.last_context_tokens - before)
         self._programs_changed = True
         for c in prog.calls:  # a key may depend on the program's attained service: its waiting calls re-keyed
-            if c in self.waiting:
+            if c in self.waiting and c not in self._overdue:
                 self._queue.rekey(c, self.policy.admission.key(self.calls[c], prog))
                 self._waiting_changed = True
         prog.worker = e.worker
@@ -289,6 +300,7 @@ class Scheduler:
             if self.waiting.pop(c, 0) is None:
                 self._waiting_changed = True
                 self._queue.discard(c)
+                self._overdue.discard(c)
         self.index.remove(e.program_id)
         if not e.cancelled and e.program_id not in self.parked:  # a cancelled (or never started) program's
             # length says nothing of how long programs run
@@ -350,6 +362,12 @@ class Scheduler:
                 del self._pins_of[pin.program_id]
         if pin.worker in self.workers:
             self.workers[pin.worker].pinned_tokens -= pin.num_tokens
+        if self._new_pins.pop(key, None) is not None:
+            # pinned in this very step (pins give way to the head of the line after step 2 made them):
+            # the pin has reached no engine, so it is dropped, not undone. An unpin in the same
+            # decision would reach the engine before the pin (engines apply unpins first) and the
+            # pin would outlive the scheduler's record of it, holding its KV for ever.
+            return
         self._unpins.append(Unpin(prefix=key, worker=pin.worker, program_id=pin.program_id, reason=reason))
 
     def _release_program_pins(self, program_id: Hashable, reason: UnpinReason) -> None:
@@ -430,16 +448,17 @@ class Scheduler:
                 self._unpin(key, UnpinReason.TTL_EXPIRED)
         snap = self.snapshot()
         # 2. New pins for programs that just started a tool call.
-        pins = []
+        self._new_pins = {}
         for pid in self._pin_requests:
             pin = self._pin(snap, pid, now)
             if pin is not None:
-                pins.append(pin)
+                self._new_pins[pin.prefix] = pin
         self._pin_requests.clear()
         # 3. Programs: the working-set budget's control, then parked programs made active.
         activated = self._admit_programs(snap, now) if self.policy.programs.holds else ()
         # 4. Admission order; if its head does not fit on its worker, pins there give way.
         admit: tuple[Hashable, ...] = ()
+        self._promote_overdue(now)
         if self._waiting_changed and self.waiting:
             # the policy's order (`order(snap, limit)`), kept incrementally: see admission_queue.py
             admit = tuple(self._queue.first(self.config.admit_limit))
@@ -473,9 +492,25 @@ class Scheduler:
         routes = tuple(self._route(c) for c in self._new_calls if c in self.calls)
         self._new_calls.clear()
         unpins, self._unpins = tuple(self._unpins), []
-        return Decision(step=self._step, time_s=now, admit=admit, priorities=tuple(priorities), pins=tuple(pins),
+        pins, self._new_pins = tuple(self._new_pins.values()), {}
+        return Decision(step=self._step, time_s=now, admit=admit, priorities=tuple(priorities), pins=pins,
                         unpins=unpins, prefetches=tuple(prefetches), routes=routes,
                         reuse=self.reuse.hints(), activated=activated)
+
+    def _promote_overdue(self, now: float) -> None:
+        """Calls that have waited longer than the admission policy's bound go first, oldest first.
+        A heap by submission time finds them (a held call is enqueued when its program is activated,
+        after calls submitted later)."""
+        bound = self.policy.admission.max_wait_s
+        if bound is None:
+            return
+        by_age = self._by_submission
+        while by_age and now - by_age[0][0] > bound:
+            _, _, c = heapq.heappop(by_age)
+            if c in self.waiting and c not in self._overdue:  # (calls that stopped waiting are left here)
+                self._overdue.add(c)
+                self._queue.rekey(c, overdue_key(self.calls[c]))
+                self._waiting_changed = True
 
     # ================================================================ programs =================
     def _count_fault(self, call: CallState, e: CallStarted) -> None:

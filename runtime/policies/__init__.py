@@ -10,9 +10,11 @@ adds one, with its write-back and PCIe costs).
     sglang-hicache  engine LRU          none              none       call FCFS         all           yes
     kvflow          workflow (KVFlow)   none              workflow   call FCFS         all           yes
     continuum       engine LRU          Continuum TTL     none       program FCFS      all           no
-    agentflow       workflow            workflow TTL      workflow   program FCFS      working set   yes
+    agentflow       workflow            workflow TTL      workflow   program FCFS*     working set   yes
     belady          clairvoyant (MIN)   none              none       call FCFS         all           yes
     lru             engine LRU          none              none       call FCFS         all           as configured
+
+* with a bound: a call that has waited 10 s goes ahead of those that have not.
 
 KVFlow's own baseline is SGLang with HiCache, and its prefetch needs the host tier; Continuum runs
 on vLLM without offload. `belady` bounds eviction only: it admits every program at once, so a
@@ -76,7 +78,8 @@ def make_policy(
         return Policy(name=name, eviction=LruEviction(), ttl=ContinuumTtl(ttl), prefetch=NoPrefetch(),
                       admission=ProgramFcfs(), host_tier=False)
     if name == "agentflow":
-        admission = FairShare(fair_share) if fair_share is not None else ProgramFcfs()
+        # program FCFS, with no call of an active program waiting more than 10 s behind others
+        admission = FairShare(fair_share) if fair_share is not None else ProgramFcfs(max_wait_s=10.0)
         return Policy(name=name, eviction=WorkflowEviction(), ttl=WorkflowTtl(ttl),
                       prefetch=WorkflowPrefetch(prefetch), admission=admission, programs=WorkingSet(working_set),
                       host_tier=True)

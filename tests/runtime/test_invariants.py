@@ -93,6 +93,7 @@ def run_random(policy: str, seed: int) -> dict[str, int]:
     programs: dict[int, dict] = {}
     submitted: set = set()
     admitted: set = set()
+    engine_pins: set = set()
     next_pid = 0
     pending: list[tuple[float, int, tuple]] = []  # (time, seq, action)
     seq = 0
@@ -183,6 +184,11 @@ def run_random(policy: str, seed: int) -> dict[str, int]:
                 p["step"] = next_step(p["graph"], p["step"], p["loops"], rng)
                 start_step(pid)
         dec = sched.step()
+        # an engine that applies each decision's unpins, then its pins, holds exactly the scheduler's pins
+        for u in dec.unpins:
+            engine_pins.discard(u.prefix)
+        engine_pins.update(p.prefix for p in dec.pins)
+        assert engine_pins == set(sched.pins)
         if dec.admit:  # the order kept incrementally is the policy's order computed from scratch
             assert list(dec.admit) == sched.policy.admission.order(sched.snapshot(), sched.config.admit_limit)
         counts["pins"] += len(dec.pins)

@@ -228,3 +228,27 @@ def test_remaining_work_learns_from_finished_programs_not_cancelled_ones():
     sched.apply(ProgramFinished(program_id="done"))
     sched.apply(ProgramFinished(program_id="cut", cancelled=True))
     assert sched.remaining.num_finished(g.name) == 1
+
+
+def test_a_call_waiting_past_the_bound_goes_ahead_of_pinned_and_older_programs():
+    from agentflow.runtime.policies import ProgramFcfs
+    from agentflow.runtime.policies.admission import OVERDUE
+    clock = ManualClock()
+    pol = replace(make_policy("agentflow"), programs=StaticCap(5), admission=ProgramFcfs(max_wait_s=10.0))
+    sched = Scheduler(pol, clock=clock)
+    sched.apply(WorkerUpdate(worker="w0", kv_capacity_tokens=10_000))
+    g = coding_agent()
+    for pid in ("old", "young"):
+        sched.apply(ProgramArrived(program_id=pid, graph=g))
+        clock.advance(1.0)
+    _call(sched, "young", 0, 500)
+    clock.advance(1.0)
+    _call(sched, "old", 0, 500)
+    assert sched.step().admit == ("old#0", "young#0")  # program FCFS: the older program first
+    clock.advance(9.5)  # young#0 has waited 10.5 s, old#0 9.5 s
+    d = sched.step()
+    assert d.admit == ("young#0", "old#0")
+    assert sched.policy.admission.order(sched.snapshot(), 10) == ["young#0", "old#0"]  # the reference agrees
+    assert sched._queue._live["young#0"][0][0] == OVERDUE
+    with pytest.raises(ValueError, match="max_wait_s"):
+        ProgramFcfs(max_wait_s=0)

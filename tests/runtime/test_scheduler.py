@@ -9,10 +9,10 @@ import pytest
 
 from agentflow.runtime.clock import ManualClock
 from agentflow.runtime.decision import MAX_PRIORITY, UnpinReason, priority_of_steps
-from agentflow.runtime.events import PrefixMoved, ProgramFinished, WorkerLost
+from agentflow.runtime.events import CallSubmitted, PrefixMoved, ProgramFinished, WorkerLost, WorkerUpdate
 from agentflow.runtime.policies import AdmitAll, make_policy
 from agentflow.runtime.scheduler import Scheduler, SchedulerConfig, SchedulerError
-from tests.runtime.helpers import Driver, coding_agent
+from tests.runtime.helpers import Driver, coding_agent, system_prefix
 
 
 def setup(policy="agentflow", **kw):
@@ -322,3 +322,27 @@ def test_fair_share_serves_the_least_served_program_but_ages_waiting_calls():
     sched.apply(CallSubmitted(program_id="new", call_id="n2", step="think", prefixes=(sys_ref,), prompt_tokens=1500))
     order = list(sched.step().admit)
     assert order.index("b") < order.index("n2")
+
+
+def test_a_pin_that_gives_way_in_the_step_that_made_it_reaches_no_engine():
+    # Program 1 starts a tool (a pin is made in step 2 of the next decision); program 2's next call
+    # heads the line and does not fit, so pins give way (step 4 of the same decision). The pin must
+    # not go out with its own unpin: engines apply unpins first, and the pin would then outlive the
+    # scheduler's record of it and hold its KV for ever (a replay at 34 programs in flight ended
+    # with 390K of 419K tokens pinned on the worker and none in the scheduler).
+    sched, clock, d = setup("agentflow-all")
+    g = coding_agent()
+    d.arrive(1, g)
+    d.arrive(2, g)
+    d.call(2, g, "think")
+    d.call(1, g, "think")
+    sched.step()
+    d.tool(1, "act")
+    prev = d.deepest(2, "coder")
+    sched.apply(CallSubmitted(program_id=2, call_id="2:big", step="think",
+                              prefixes=(system_prefix(g.name, "coder", 1_000), prev),
+                              prompt_tokens=prev.num_tokens + 90_000, expected_output_tokens=100))
+    sched.apply(WorkerUpdate(worker="w0", kv_capacity_tokens=100_000, kv_used_tokens=95_000))
+    dec = sched.step()
+    assert dec.admit[0] == "2:big"
+    assert dec.pins == () and dec.unpins == () and sched.pins == {}
