@@ -173,7 +173,8 @@ class Journal:
         with self.batch():
             self._flush()
             cur = self._db.execute(
-                "INSERT INTO tool_samples(tool, duration_s) SELECT json_extract(body, '$.tool'), "
+                "INSERT INTO tool_samples(tool, duration_s) SELECT COALESCE(json_extract(body, '$.stats_tool'), "
+                "json_extract(body, '$.tool')), "
                 "json_extract(body, '$.duration_s') FROM events WHERE program_id = ? AND kind = 'tool_finished' "
                 "ORDER BY id", (program_id,))
             self._trim_samples(cur.rowcount)

@@ -466,6 +466,7 @@ class SchedulerServicer(pbg.SchedulerServicer):
                     q.put_nowait(d)
 
         self.core.sinks[worker] = sink
+        self.core.scoped_sinks.add(worker)  # the worker agent declares a tenant's keys as the scheduler does
         try:
             while not self.server.draining:
                 d = await queue.get()
@@ -478,6 +479,7 @@ class SchedulerServicer(pbg.SchedulerServicer):
                 self._watchers.pop(worker, None)
                 if self.core.sinks.get(worker) is sink or worker not in self._watchers:
                     self.core.sinks.pop(worker, None)
+                    self.core.scoped_sinks.discard(worker)
 
     async def Health(self, request, context):
         ident = await self._who(context, request)
