@@ -851,3 +851,91 @@ def test_same_named_workflows_of_two_tenants_learn_apart(tmp_path, spec_json):
         assert sched.tool_stats.count(_tool_scoped("acme", "bash")) == 0
 
     run(attack, tmp_path)
+
+
+def _certificates(tmp_path, names: dict[str, str]) -> None:
+    """A test CA and, for each file name, a certificate with that common name (SAN 127.0.0.1)."""
+    import shutil
+    import subprocess
+
+    if shutil.which("openssl") is None:
+        pytest.skip("needs the openssl command to make test certificates")
+
+    def ssl(*args):
+        subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=tmp_path)
+
+    ssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "1",
+        "-subj", "/CN=test-ca")
+    (tmp_path / "san.ext").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
+    for name, cn in names.items():
+        ssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={cn}")
+        ssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+            "-out", f"{name}.pem", "-days", "1", "-extfile", "san.ext")
+
+
+def test_mtls_on_the_worker_link_and_a_worker_certificate_is_only_its_own_id(tmp_path, spec_json):
+    """mTLS on the worker side: worker w0 registers with its certificate ("worker:w0"), serves its own
+    endpoint with it and asks clients for theirs; a call of tenant acme runs there end to end (acme's
+    certificate on both hops, w0's report accepted as w0's). Attacks: a worker certificate of
+    another id ("worker:w9") or a client's ("client:acme") registering as w1, and a worker
+    certificate calling Generate, are refused; no certificate gets no connection."""
+    _certificates(tmp_path, {"srv": "localhost", "w0": "worker:w0", "w9": "worker:w9", "acme": "client:acme"})
+    t = lambda n: str(tmp_path / n)  # noqa: E731
+
+    def worker(wid: str, cert: str):
+        return build_worker(scheduler=addr, engine="sim", worker_id=wid, time_scale=SCALE,
+                            transport=Transport(tls_cert=t("ca.pem"), tls_key=t(f"{cert}.key"),
+                                                client_cert=t(f"{cert}.pem"), client_ca=t("ca.pem")))
+
+    async def main():
+        nonlocal addr
+        server, _ = build_scheduler(listen="127.0.0.1:0", time_scale=SCALE, heartbeat_interval_s=0.1, transport=Transport(
+            tls_cert=t("srv.pem"), tls_key=t("srv.key"), client_ca=t("ca.pem")))
+        addr = f"127.0.0.1:{await server.start()}"
+        agents = []
+        channels = []
+        try:
+            w0 = worker("w0", "w0")
+            agents.append(w0)
+            await w0.start()
+            await w0.wait_registered()
+            for cert in ("w9", "acme"):  # another worker's certificate, a client's: never worker w1
+                impostor = worker("w1", cert)
+                agents.append(impostor)
+                await impostor.start()
+                why = await asyncio.wait_for(impostor.failed, 10)
+                assert "PERMISSION_DENIED" in why and "w1" in why
+            assert set(server.core.workers) == {"w0"}
+
+            acme = Transport(tls_cert=t("ca.pem"), tls_key=t("acme.key"), client_cert=t("acme.pem"))
+            sched = acme.channel(addr)
+            channels.append(sched)
+            stub = pbg.SchedulerStub(sched)
+            await stub.OpenProgram(pb.OpenProgramRequest(program_id="p", workflow_spec=spec_json))
+            ans = await stub.SubmitCall(pb.SubmitCallRequest(program_id="p", call_id="p#0", step="think",
+                                                             prompt_tokens=200))
+            assert ans.worker_id == "w0" and ans.worker_address == w0.address
+            to_worker = acme.channel(ans.worker_address)  # the worker's own endpoint, over mTLS
+            channels.append(to_worker)
+            req = pb.GenerateRequest(call_id="p#0", program_id="p", prompt_ids=list(range(1, 201)),
+                                     max_new_tokens=4, hints=ans.hints, ignore_eos=True)
+            events = [e async for e in pbg.WorkerStub(to_worker).Generate(req)]
+            assert events[-1].result.prompt_tokens == 200
+            assert "acme/p#0" not in server.core.sched.calls  # w0's FINISHED report, as w0, was accepted
+
+            w9 = Transport(tls_cert=t("ca.pem"), tls_key=t("w9.key"), client_cert=t("w9.pem")).channel(w0.address)
+            none = Transport(tls_cert=t("ca.pem")).channel(w0.address)
+            channels += [w9, none]
+            code, msg = await status(_drain(pbg.WorkerStub(w9).Generate(req)))
+            assert code == grpc.StatusCode.PERMISSION_DENIED and "worker credential" in msg
+            code, _ = await status(pbg.WorkerStub(none).GetState(pb.GetStateRequest(), timeout=3))
+            assert code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+        finally:
+            for ch in channels:
+                await ch.close()
+            for a in agents:
+                await a.stop(0)
+            await server.stop(0)
+
+    addr = ""
+    asyncio.run(main())
