@@ -159,6 +159,12 @@ def tenant_prefixes(refs: tuple[PrefixRef, ...], tenant: str, *, reported: bool 
     return tuple(out)
 
 
+def _scoped(refs: tuple[PrefixRef, ...], tenant: str) -> bool:
+    """The refs are the tenant's already (a client's call, scoped as it was converted)."""
+    head = tenant + "/"
+    return all(p.namespace == tenant and p.key.startswith(head) for p in refs)
+
+
 def _json_depth(text: str) -> int:
     """Deepest nesting of brackets outside strings (a spec is refused before the parser recurses)."""
     depth = deepest = 0
@@ -597,6 +603,8 @@ class ServiceCore:
     def check_call(self, req: CallRequest) -> None:
         """Every field of a submission on its own (no state): the error names the field."""
         lim = self.config.limits
+        if _plainly_valid(req, lim):  # the common case, in one pass; else find and name the field
+            return
         check_id(req.program_id, "program_id", lim)
         check_id(req.call_id, "call_id", lim)
         check_id(req.step, "step", lim)
@@ -631,8 +639,8 @@ class ServiceCore:
     def _apply_submit(self, req: CallRequest) -> RouteAnswer | CallRequest:
         self.check_call(req)
         prog = self._program(req.program_id)
-        if req.prefixes and prog.tenant != DEFAULT_TENANT:
-            req = replace(req, prefixes=tenant_prefixes(req.prefixes, prog.tenant))
+        if req.prefixes and prog.tenant != DEFAULT_TENANT and not _scoped(req.prefixes, prog.tenant):
+            req = replace(req, prefixes=tenant_prefixes(req.prefixes, prog.tenant))  # an admin's call in a tenant
         if req.failed_worker:  # a retry of a call whose worker failed under it
             if req.call_id not in self.sched.calls:  # it finished there after all: just route it again
                 return req
@@ -1111,6 +1119,32 @@ class ServiceCore:
         if gone:
             self._step()
         return gone
+
+
+def _plainly_valid(req: CallRequest, lim: Limits) -> bool:
+    """True when every field of a submission is obviously in range (no spans, ids short and
+    printable, counts in range, prefixes cumulative): the per-field checks would pass. False means
+    only "look closer" (check_call then names the field)."""
+    n = lim.max_id_chars
+    pid, cid, step, fw = req.program_id, req.call_id, req.step, req.failed_worker
+    if req.input_spans or not (pid and cid and step) or len(req.prefixes) > lim.max_prefixes_per_call:
+        return False
+    if len(pid) > n or len(cid) > n or len(step) > n or len(fw) > n:
+        return False
+    if not (pid.isprintable() and cid.isprintable() and step.isprintable() and fw.isprintable()):
+        return False
+    prompt, hi = req.prompt_tokens, lim.max_tokens
+    if not (0 <= prompt <= hi and 0 <= req.expected_output_tokens <= hi and 0 <= req.event_seq <= 1 << 62):
+        return False
+    last = 0
+    for p in req.prefixes:
+        k, par, ns, t = p.key, p.parent or "", p.namespace, p.num_tokens
+        if not k or len(k) > n or len(par) > n or len(ns) > n or not (last <= t <= prompt):
+            return False
+        if not (k.isprintable() and par.isprintable() and ns.isprintable()):
+            return False
+        last = t
+    return True
 
 
 def _check_spans(req: CallRequest) -> None:
