@@ -774,9 +774,9 @@ def test_a_tenants_pins_reach_its_worker_and_no_other_tenant_can_take_or_end_the
         full = res.cached[-1].key  # the engine's content address of acme's prompt + output
         await c.open("evil", "q", spec)
         await c.submit("evil", "q", "q#0", prefixes=[pb.Prefix(key=full, num_tokens=150)])
-        await c.stub.ReportCall(pb.ReportCallRequest(call_id="evil/q#0", worker_id="w0", kind=pb.ReportCallRequest.FINISHED,
-                                                     output_tokens=8, cached=[pb.Prefix(key=full, num_tokens=150)]),
-                                metadata=md("w0"))
+        done = pb.ReportCallRequest(call_id="evil/q#0", worker_id="w0", kind=pb.ReportCallRequest.FINISHED,
+                                    output_tokens=8, cached=[pb.Prefix(key=full, num_tokens=150)])
+        await c.stub.ReportCall(done, metadata=md("w0"))
         for who, pid in (("evil", "q"), ("acme", "p")):  # evil's tool starts first
             await c.stub.ReportTool(pb.ReportToolRequest(program_id=pid, step="run", tool="bash", finished=False),
                                     metadata=md(who))
@@ -868,7 +868,8 @@ def _certificates(tmp_path, names: dict[str, str]) -> None:
         "-subj", "/CN=test-ca")
     (tmp_path / "san.ext").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
     for name, cn in names.items():
-        ssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={cn}")
+        ssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr",
+            "-subj", f"/CN={cn}")
         ssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
             "-out", f"{name}.pem", "-days", "1", "-extfile", "san.ext")
 
@@ -889,8 +890,9 @@ def test_mtls_on_the_worker_link_and_a_worker_certificate_is_only_its_own_id(tmp
 
     async def main():
         nonlocal addr
-        server, _ = build_scheduler(listen="127.0.0.1:0", time_scale=SCALE, heartbeat_interval_s=0.1, transport=Transport(
-            tls_cert=t("srv.pem"), tls_key=t("srv.key"), client_ca=t("ca.pem")))
+        server, _ = build_scheduler(listen="127.0.0.1:0", time_scale=SCALE, heartbeat_interval_s=0.1,
+                                    transport=Transport(tls_cert=t("srv.pem"), tls_key=t("srv.key"),
+                                                        client_ca=t("ca.pem")))
         addr = f"127.0.0.1:{await server.start()}"
         agents = []
         channels = []
