@@ -30,11 +30,12 @@ import heapq
 import itertools
 import math
 from collections.abc import Hashable
-from dataclasses import dataclass
+from collections import OrderedDict
+from dataclasses import dataclass, replace
 from types import MappingProxyType
 
 from agentflow.errors import PositionError
-from agentflow.graph.model import StepKind
+from agentflow.graph.model import StepGraph, StepKind
 from agentflow.graph.position import Position, enter_step
 from agentflow.graph.tracker import ProgramIndex
 from agentflow.runtime.admission_queue import AdmissionQueue
@@ -60,6 +61,18 @@ from agentflow.runtime.tool_stats import ToolStats, ToolStatsConfig
 
 class SchedulerError(PositionError):
     """An event the scheduler cannot apply (unknown program or call, a duplicate)."""
+
+
+DEFAULT_TENANT = "default"
+TOOL_SCOPE_SEP = "\x1f"  # tenant<SEP>tool: a separator no printable tool name holds
+_TENANT_GRAPHS_KEPT = 4096
+
+
+def tool_scope(tenant: str | None) -> str:
+    """What a program's tool names are prefixed with in the learned statistics: nothing in the
+    default tenant (one trust domain: in-process runs, replays, an open service), else the tenant,
+    so that one tenant's tool durations never shape another's time-to-live or prefetch timing."""
+    return "" if not tenant or tenant == DEFAULT_TENANT else f"{tenant}{TOOL_SCOPE_SEP}"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -114,6 +127,11 @@ class Scheduler:
         self._window_start_s: float | None = None
         self._programs_changed = False
         self.faults = {"fault_tokens": 0, "reload_tokens": 0, "fault_s": 0.0, "stall_s": 0.0}  # totals, for reports
+        # Tenants (ProgramArrived.tenant): a workflow is (tenant, name), so what is learned or kept per
+        # workflow (steps-to-execution groups, remaining work, a prefix's users) and per tool (durations)
+        # is per tenant too; the default tenant keeps the plain names.
+        self._tool_scope: dict[Hashable, str] = {}  # program -> its tool-name scope (tool_scope)
+        self._tenant_graphs: OrderedDict[tuple[str, int], tuple[StepGraph, StepGraph]] = OrderedDict()
 
     # ================================================================ events ==================
     def apply(self, event: Event) -> None:
@@ -123,10 +141,27 @@ class Scheduler:
         handler(self, event)
         self.reuse.observe(event)  # after the handler: an event it rejected is not recorded
 
+    def _tenant_graph(self, graph: StepGraph, tenant: str) -> StepGraph:
+        """The graph as this tenant's workflow: named "tenant/name" (tenant names hold no "/"), so
+        two tenants' workflows of the same name never share a group, statistics or prefix users.
+        The copy shares the graph's analysis caches."""
+        if not tenant or tenant == DEFAULT_TENANT:
+            return graph
+        key = (tenant, id(graph))
+        hit = self._tenant_graphs.get(key)
+        if hit is not None and hit[0] is graph:
+            self._tenant_graphs.move_to_end(key)
+            return hit[1]
+        mine = replace(graph, name=f"{tenant}/{graph.name}")
+        self._tenant_graphs[key] = (graph, mine)
+        if len(self._tenant_graphs) > _TENANT_GRAPHS_KEPT:
+            self._tenant_graphs.popitem(last=False)
+        return mine
+
     def _arrived(self, e: ProgramArrived) -> None:
         if e.program_id in self.programs:
             raise SchedulerError(f"program {e.program_id!r} arrived twice")
-        g = e.graph
+        g = self._tenant_graph(e.graph, e.tenant)
         pos = Position.start(g)
         now = self.clock.now_s()
         self.programs[e.program_id] = prog = ProgramState(program_id=e.program_id, graph=g, arrival_s=now,
@@ -137,9 +172,10 @@ class Scheduler:
         else:
             prog.active, prog.activated_s = True, now
         self.index.add(e.program_id, g, pos)
+        scope = self._tool_scope[e.program_id] = tool_scope(e.tenant)
         for node in g.steps.values():
             if node.kind is StepKind.TOOL and node.tool:
-                self.tool_stats.hint(node.tool, node.duration_hint_s)
+                self.tool_stats.hint(scope + node.tool, node.duration_hint_s)
         self._dirty_programs[e.program_id] = None
 
     def _move(self, prog: ProgramState, step: str) -> None:
@@ -265,13 +301,14 @@ class Scheduler:
         self._move(prog, e.step)
         node = prog.graph.steps[e.step]
         agent = node.agent or prog.last_agent
-        prog.tool = ToolCall(tool=e.tool, step=e.step, agent=agent, started_s=self.clock.now_s())
+        prog.tool = ToolCall(tool=self._tool_scope.get(e.program_id, "") + e.tool, step=e.step, agent=agent,
+                             started_s=self.clock.now_s())
         if agent is not None:
             self._pin_requests[prog.program_id] = None
 
     def _tool_finished(self, e: ToolFinished) -> None:
         prog = self._program(e.program_id)
-        self.tool_stats.observe(e.tool, e.duration_s)
+        self.tool_stats.observe(self._tool_scope.get(e.program_id, "") + e.tool, e.duration_s)
         if prog.tool is not None and prog.tool.step == e.step:
             prog.tool = None
         self._dirty_programs[prog.program_id] = None
@@ -309,6 +346,7 @@ class Scheduler:
         self._held.pop(e.program_id, None)
         self._programs_changed = True
         del self.programs[e.program_id]
+        self._tool_scope.pop(e.program_id, None)
         self._dirty_programs.pop(e.program_id, None)
         self._pin_requests.pop(e.program_id, None)
 
@@ -650,4 +688,4 @@ _HANDLERS = {
     WorkerLost: Scheduler._worker_lost, PrefixMoved: Scheduler._prefix_moved,
 }
 
-__all__ = ["Scheduler", "SchedulerConfig", "SchedulerError"]
+__all__ = ["DEFAULT_TENANT", "Scheduler", "SchedulerConfig", "SchedulerError", "TOOL_SCOPE_SEP", "tool_scope"]

@@ -46,6 +46,23 @@ def prefixes_from_pb(ps, where: str) -> tuple[PrefixRef, ...]:
     return tuple(out)
 
 
+def scoped_prefixes_from_pb(ps, scope: str) -> tuple[PrefixRef, ...]:
+    """A client's prefixes, keyed in its tenant ("tenant/key", parent too; namespace the tenant)."""
+    from agentflow.runtime.service.core import Code, ServiceError
+
+    tenant = scope[:-1]
+    out = []
+    for i, p in enumerate(ps):
+        if not p.key:
+            raise ServiceError(Code.INVALID_ARGUMENT, "must not be empty", field=f"prefixes[{i}].key")
+        if p.num_tokens < 0:
+            raise ServiceError(Code.INVALID_ARGUMENT, f"must be >= 0 (got {p.num_tokens})",
+                               field=f"prefixes[{i}].num_tokens")
+        out.append(PrefixRef(key=scope + p.key, parent=scope + p.parent if p.parent else None,
+                             num_tokens=p.num_tokens, namespace=tenant))
+    return tuple(out)
+
+
 def spec_to_pb(s: WorkerSpec) -> pb.WorkerInfo:
     return pb.WorkerInfo(worker_id=s.worker_id, address=s.address, engine=s.engine,
                          kv_capacity_tokens=s.kv_capacity_tokens, host_capacity_tokens=s.host_capacity_tokens,
@@ -96,10 +113,12 @@ def hint_from_pb(m: pb.ReuseHint, target_call_id: str) -> ReuseHint:
 
 
 def call_from_pb(m: pb.SubmitCallRequest, scope: str = "") -> CallRequest:
-    """`scope`: the caller's id scope ("tenant/" for a client; auth.Identity.scope)."""
+    """`scope`: the caller's id scope ("tenant/" for a client; auth.Identity.scope). A client's prefix
+    keys are scoped the same way, in its tenant's namespace (core.tenant_prefixes)."""
     return CallRequest(program_id=scope + m.program_id if m.program_id else "",
                        call_id=scope + m.call_id if m.call_id else "", step=m.step,
-                       prefixes=prefixes_from_pb(m.prefixes, "prefixes"), prompt_tokens=m.prompt_tokens,
+                       prefixes=(prefixes_from_pb(m.prefixes, "prefixes") if not scope
+                                 else scoped_prefixes_from_pb(m.prefixes, scope)), prompt_tokens=m.prompt_tokens,
                        expected_output_tokens=m.expected_output_tokens or 256, event_seq=m.event_seq,
                        failed_worker=m.failed_worker, input_spans=tuple(span_from_pb(s) for s in m.input_spans))
 

@@ -58,7 +58,7 @@ from agentflow.runtime.events import (
 from agentflow.runtime.policies import make_policy
 from agentflow.runtime.prefixes import PrefixRef
 from agentflow.runtime.reuse_plan import InputSpan, ReuseHint
-from agentflow.runtime.scheduler import Scheduler, SchedulerConfig, SchedulerError
+from agentflow.runtime.scheduler import DEFAULT_TENANT, Scheduler, SchedulerConfig, SchedulerError, tool_scope
 from agentflow.runtime.service import routing
 from agentflow.runtime.service.journal import Journal
 
@@ -137,6 +137,32 @@ def check_float(value: float, fieldname: str, lo: float, hi: float, *, lo_open: 
     if not ok:
         raise ServiceError(Code.INVALID_ARGUMENT, f"must be a finite number in {'(' if lo_open else '['}{lo:g}, "
                            f"{hi:g}] (got {value})", field=fieldname)
+
+
+def tenant_prefixes(refs: tuple[PrefixRef, ...], tenant: str, *, reported: bool = False) -> tuple[PrefixRef, ...]:
+    """A tenant's prefixes as the service keys them: "tenant/key" (and its parent), in the tenant's
+    namespace. Prefix keys are chosen by clients, so two tenants can name the same key; scoped, one
+    tenant's key never reaches another's prefix state, pins, priorities or reuse answers (the worker
+    agent scopes the keys of a Generate the same way, so decisions name what its engine holds).
+    `reported`: keys a worker reports, which may be scoped already (a Generate's own prefixes) or
+    the engine's own (the whole sequence's content address)."""
+    if tenant == DEFAULT_TENANT or not refs:
+        return refs
+    head = f"{tenant}/"
+    out = []
+    for p in refs:
+        key = p.key if reported and p.key.startswith(head) else head + p.key
+        parent = p.parent
+        if parent is not None and not (reported and parent.startswith(head)):
+            parent = head + parent
+        out.append(PrefixRef(key=key, parent=parent, num_tokens=p.num_tokens, namespace=tenant))
+    return tuple(out)
+
+
+def _scoped(refs: tuple[PrefixRef, ...], tenant: str) -> bool:
+    """The refs are the tenant's already (a client's call, scoped as it was converted)."""
+    head = tenant + "/"
+    return all(p.namespace == tenant and p.key.startswith(head) for p in refs)
 
 
 def _json_depth(text: str) -> int:
@@ -309,6 +335,10 @@ class ServiceCore:
         self.closed: OrderedDict[str, None] = OrderedDict()
         self.call_worker: dict[str, str] = {}  # routed calls -> worker
         self.sinks: dict[str, DecisionSink] = {}  # worker -> where its part of each decision goes
+        # workers whose sinks take prefix keys as the scheduler names them ("tenant/key": the gRPC
+        # worker agents, which declare a tenant's keys so). Engines in this process (the in-process
+        # client, the front door) get a tenant's keys as their requests named them.
+        self.scoped_sinks: set[str] = set()
         self.decisions = 0
         self._started_wall = wall()
         self._batch_loads: dict[str, routing.WorkerLoad] | None = None  # while submit_many routes
@@ -580,6 +610,8 @@ class ServiceCore:
     def check_call(self, req: CallRequest) -> None:
         """Every field of a submission on its own (no state): the error names the field."""
         lim = self.config.limits
+        if _plainly_valid(req, lim):  # the common case, in one pass; else find and name the field
+            return
         check_id(req.program_id, "program_id", lim)
         check_id(req.call_id, "call_id", lim)
         check_id(req.step, "step", lim)
@@ -614,6 +646,8 @@ class ServiceCore:
     def _apply_submit(self, req: CallRequest) -> RouteAnswer | CallRequest:
         self.check_call(req)
         prog = self._program(req.program_id)
+        if req.prefixes and prog.tenant != DEFAULT_TENANT and not _scoped(req.prefixes, prog.tenant):
+            req = replace(req, prefixes=tenant_prefixes(req.prefixes, prog.tenant))  # an admin's call in a tenant
         if req.failed_worker:  # a retry of a call whose worker failed under it
             if req.call_id not in self.sched.calls:  # it finished there after all: just route it again
                 return req
@@ -696,7 +730,9 @@ class ServiceCore:
         deepest = req.prefixes[-1].key if req.prefixes else None
         pre = self.sched.prefixes.get(deepest) if deepest else None
         priority = pre.priority if pre is not None and pre.priority is not None else priority_of_steps(agent_steps)
-        held = tuple(p.key for p in req.prefixes if p.key in self.sched.prefixes
+        # the prompt's prefixes the chosen worker holds, named as the client named them
+        cut = len(prog.tenant) + 1 if prog.tenant != DEFAULT_TENANT else 0
+        held = tuple(p.key[cut:] for p in req.prefixes if p.key in self.sched.prefixes
                      and self.sched.prefixes[p.key].tiers.get(choice.worker) == "gpu")
         if self.telemetry is not None and call is not None:
             chosen = next((a for a in choice.alternatives if a.worker == choice.worker), None)
@@ -834,6 +870,7 @@ class ServiceCore:
             check_id(p.namespace, f"cached[{i}].namespace", lim, required=False)
             check_int(p.num_tokens, f"cached[{i}].num_tokens", 0, lim.max_tokens)
         prog = self.programs[str(call.program_id)]
+        cached = tenant_prefixes(cached, prog.tenant, reported=True)
         with self._durable():
             self.sched.apply(CallFinished(call_id=call_id, worker=worker_id, output_tokens=output_tokens,
                                           cached=cached))
@@ -892,8 +929,11 @@ class ServiceCore:
                     self.sched.apply(ToolStarted(program_id=program_id, step=step, tool=tool))
             except (SchedulerError, PositionError) as exc:
                 raise ServiceError(Code.INVALID_ARGUMENT, str(exc), field="step") from None
-            self._journal(prog, "tool_finished" if finished else "tool_started",
-                          {"step": step, "tool": tool, "duration_s": duration_s}, event_seq)
+            body = {"step": step, "tool": tool, "duration_s": duration_s}
+            scope = tool_scope(prog.tenant)
+            if scope and finished:  # what the journal keeps of it once the program closes: the tenant's
+                body["stats_tool"] = scope + tool
+            self._journal(prog, "tool_finished" if finished else "tool_started", body, event_seq)
         if self.telemetry is not None:
             if finished:
                 self.telemetry.end_tool(program_id, tool, attributes={"agentflow.tool.duration_s": duration_s})
@@ -999,8 +1039,23 @@ class ServiceCore:
             for worker, sink in list(self.sinks.items()):
                 part = _part_for(d, worker, self.call_worker)
                 if part is not None:
-                    sink(worker, part)
+                    sink(worker, part if worker in self.scoped_sinks else self._as_requested(part))
         return d
+
+    def _raw_key(self, key: str) -> str:
+        """A prefix key as the request that declared it named it (without its tenant's scope)."""
+        pre = self.sched.prefixes.get(key)
+        ns = pre.ref.namespace if pre is not None else DEFAULT_TENANT
+        return key[len(ns) + 1:] if ns != DEFAULT_TENANT and key.startswith(ns + "/") else key
+
+    def _as_requested(self, d: Decision) -> Decision:
+        if not self._tenant_programs.keys() - {DEFAULT_TENANT}:
+            return d  # no tenant but the default: no key is scoped
+        raw = self._raw_key
+        return replace(d, priorities=tuple(replace(p, prefix=raw(p.prefix)) for p in d.priorities),
+                       pins=tuple(replace(p, prefix=raw(p.prefix)) for p in d.pins),
+                       unpins=tuple(replace(u, prefix=raw(u.prefix)) for u in d.unpins),
+                       prefetches=tuple(replace(f, prefix=raw(f.prefix)) for f in d.prefetches))
 
     def open_programs_of(self, tenant: str) -> int:
         return self._tenant_programs.get(tenant, 0)
@@ -1084,6 +1139,32 @@ class ServiceCore:
         if gone:
             self._step()
         return gone
+
+
+def _plainly_valid(req: CallRequest, lim: Limits) -> bool:
+    """True when every field of a submission is obviously in range (no spans, ids short and
+    printable, counts in range, prefixes cumulative): the per-field checks would pass. False means
+    only "look closer" (check_call then names the field)."""
+    n = lim.max_id_chars
+    pid, cid, step, fw = req.program_id, req.call_id, req.step, req.failed_worker
+    if req.input_spans or not (pid and cid and step) or len(req.prefixes) > lim.max_prefixes_per_call:
+        return False
+    if len(pid) > n or len(cid) > n or len(step) > n or len(fw) > n:
+        return False
+    if not (pid.isprintable() and cid.isprintable() and step.isprintable() and fw.isprintable()):
+        return False
+    prompt, hi = req.prompt_tokens, lim.max_tokens
+    if not (0 <= prompt <= hi and 0 <= req.expected_output_tokens <= hi and 0 <= req.event_seq <= 1 << 62):
+        return False
+    last = 0
+    for p in req.prefixes:
+        k, par, ns, t = p.key, p.parent or "", p.namespace, p.num_tokens
+        if not k or len(k) > n or len(par) > n or len(ns) > n or not (last <= t <= prompt):
+            return False
+        if not (k.isprintable() and par.isprintable() and ns.isprintable()):
+            return False
+        last = t
+    return True
 
 
 def _check_spans(req: CallRequest) -> None:

@@ -47,6 +47,7 @@ CREATE TABLE IF NOT EXISTS tool_samples (id INTEGER PRIMARY KEY AUTOINCREMENT, t
     duration_s REAL NOT NULL);
 """
 
+_encode = json.JSONEncoder(separators=(",", ":"), check_circular=False).encode  # one encoder, not one a row
 TOOL_SAMPLES_KEPT = 512  # per tool; older samples are dropped (the TTL policy keeps fewer)
 
 
@@ -161,10 +162,13 @@ class Journal:
                                                     int(share_kv_across_programs)))
 
     def append(self, program_id: str, t_s: float, kind: str, body: dict, seq: int | None = None) -> None:
-        with self.batch():
-            self._rows.append((program_id, t_s, kind, json.dumps(body, separators=(",", ":"))))
-            if seq is not None:
-                self._seqs[program_id] = seq  # the program's last one wins, as the UPDATEs in order would
+        if self._batch_depth == 0:  # on its own: a transaction of its own
+            with self.batch():
+                self.append(program_id, t_s, kind, body, seq)
+            return
+        self._rows.append((program_id, t_s, kind, _encode(body)))  # inside a batch: rows wait for its commit
+        if seq is not None:
+            self._seqs[program_id] = seq  # the program's last one wins, as the UPDATEs in order would
 
     def close_program(self, program_id: str) -> None:
         """Forget a closed program; its tool durations move to `tool_samples`. (An open program's
@@ -173,7 +177,8 @@ class Journal:
         with self.batch():
             self._flush()
             cur = self._db.execute(
-                "INSERT INTO tool_samples(tool, duration_s) SELECT json_extract(body, '$.tool'), "
+                "INSERT INTO tool_samples(tool, duration_s) SELECT COALESCE(json_extract(body, '$.stats_tool'), "
+                "json_extract(body, '$.tool')), "
                 "json_extract(body, '$.duration_s') FROM events WHERE program_id = ? AND kind = 'tool_finished' "
                 "ORDER BY id", (program_id,))
             self._trim_samples(cur.rowcount)

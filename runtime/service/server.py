@@ -76,7 +76,7 @@ class Transport:
         if self.client_ca and not self.tls_cert:
             raise ValueError("client certificates (--tls-client-ca) need TLS: add --tls-cert and --tls-key")
         for what, path in (("--tls-cert", self.tls_cert), ("--tls-key", self.tls_key),
-                           ("--tls-client-ca", self.client_ca)):
+                           ("--tls-client-ca", self.client_ca), ("client certificate", self.client_cert)):
             if path and not Path(path).is_file():
                 raise ValueError(f"{what} {path}: no such file")
 
@@ -84,7 +84,11 @@ class Transport:
         self.check_server()
         if not self.tls_cert:
             return None
-        pair = [(Path(self.tls_key).read_bytes(), Path(self.tls_cert).read_bytes())]
+        # A worker with mTLS holds one certificate (client_cert, its name "worker:<id>") for both ends:
+        # it shows it to the scheduler and serves its own endpoint with it; tls_cert is then the CA
+        # it trusts. Without client_cert, tls_cert is the server's own chain.
+        chain = self.client_cert or self.tls_cert
+        pair = [(Path(self.tls_key).read_bytes(), Path(chain).read_bytes())]
         if self.client_ca:
             return grpc.ssl_server_credentials(pair, root_certificates=Path(self.client_ca).read_bytes(),
                                                require_client_auth=True)
@@ -466,6 +470,7 @@ class SchedulerServicer(pbg.SchedulerServicer):
                     q.put_nowait(d)
 
         self.core.sinks[worker] = sink
+        self.core.scoped_sinks.add(worker)  # the worker agent declares a tenant's keys as the scheduler does
         try:
             while not self.server.draining:
                 d = await queue.get()
@@ -478,6 +483,7 @@ class SchedulerServicer(pbg.SchedulerServicer):
                 self._watchers.pop(worker, None)
                 if self.core.sinks.get(worker) is sink or worker not in self._watchers:
                     self.core.sinks.pop(worker, None)
+                    self.core.scoped_sinks.discard(worker)
 
     async def Health(self, request, context):
         ident = await self._who(context, request)

@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import grpc
@@ -40,6 +41,7 @@ from agentflow.v1 import service_pb2 as pb
 from agentflow.v1 import service_pb2_grpc as pbg
 
 log = logging.getLogger("agentflow.worker")
+MAX_ALIASES = 65_536  # engine-made keys whose scheduler names a worker remembers
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -72,6 +74,7 @@ class WorkerServicer(pbg.WorkerServicer):
                 raise ServiceError(Code.PERMISSION_DENIED, "a worker credential cannot run calls")
             if ident.kind == "client":
                 _in_tenant(request, ident)
+            head = _scope_prefixes(request)
             # the call's cross-agent reuse hints come with it (hints.reuse -> GenerateRequest.reuse):
             # the engine registers them as it takes the request, before the call can be admitted
             req = convert.generate_from_pb(request)
@@ -94,6 +97,8 @@ class WorkerServicer(pbg.WorkerServicer):
                 await started
         if result is None:
             await context.abort(grpc.StatusCode.INTERNAL, f"engine {agent.engine.name} returned no result")
+        if head:
+            agent.alias(head, result.cached)
         await agent.report(pb.ReportCallRequest(
             call_id=req.call_id, worker_id=agent.config.worker_id, kind=pb.ReportCallRequest.FINISHED,
             output_tokens=len(result.output_ids), cached=[convert.prefix_to_pb(p) for p in result.cached],
@@ -114,6 +119,22 @@ class WorkerServicer(pbg.WorkerServicer):
         # prefix keys name other tenants' cached prompts: only the operator sees them
         keys = list(load.cached_prefixes) if ident.kind != "client" else []
         return pb.WorkerStateResponse(info=self.agent.info(), load=convert.load_to_pb(load), cached_prefixes=keys)
+
+
+def _scope_prefixes(m: pb.GenerateRequest) -> str:
+    """A Generate in a tenant's namespace declares its prefixes as "tenant/key" (and parents), as
+    the scheduler keys that tenant's prefixes (core.tenant_prefixes): two tenants that name the same
+    key reach different entries of the engine's prefix book, and the scheduler's decisions name
+    exactly those. Returns the scope ("tenant/"), "" in the default namespace."""
+    ns = m.namespace or "default"
+    if ns == "default":
+        return ""
+    head = f"{ns}/"
+    for p in m.prefixes:
+        p.key = head + p.key
+        if p.parent:
+            p.parent = head + p.parent
+    return head
 
 
 def _in_tenant(m: pb.GenerateRequest, ident: Identity) -> None:
@@ -161,6 +182,9 @@ class WorkerAgent:
         self._tasks: list[asyncio.Task] = []
         self._registered = asyncio.Event()
         self.decisions_applied = 0
+        # the scheduler's names ("tenant/key") of keys the engine made itself (a finished sequence's
+        # content address, already unique to its namespace) -> the engine's name (bounded)
+        self._aliases: OrderedDict[str, str] = OrderedDict()
 
     @property
     def address(self) -> str:
@@ -257,7 +281,21 @@ class WorkerAgent:
                 log.info("decision stream ended (%s)", exc.code().name)
             await asyncio.sleep(0.05)
 
+    def alias(self, head: str, cached) -> None:
+        """Remember the scheduler's name of each key a finished call's engine made (not "tenant/")."""
+        for p in cached:
+            if not p.key.startswith(head):
+                self._aliases[head + p.key] = p.key
+                self._aliases.move_to_end(head + p.key)
+        while len(self._aliases) > MAX_ALIASES:
+            self._aliases.popitem(last=False)
+
     def apply(self, d: pb.WorkerDecision) -> None:
+        if self._aliases:  # decisions name a tenant's engine-made keys as the scheduler does
+            get = self._aliases.get
+            for part in (d.priorities, d.pins, d.unpins, d.prefetches):
+                for x in part:
+                    x.prefix = get(x.prefix, x.prefix)
         now = getattr(self.engine, "now_s", time.monotonic)()
         self.engine.apply(convert.decision_from_pb(d, self.config.worker_id, now))
         self.decisions_applied += 1

@@ -698,3 +698,246 @@ def test_mtls_certificate_names_are_identities(tmp_path, spec_json):
             await server.stop(0)
 
     asyncio.run(main())
+
+
+# ================================================================ tenants inside the scheduler ==
+def _tool_scoped(tenant: str, tool: str) -> str:
+    from agentflow.runtime.scheduler import tool_scope
+
+    return tool_scope(tenant) + tool
+
+
+def test_a_tenant_cannot_read_hits_from_or_share_prefix_state_with_another(tmp_path, spec_json):
+    """Attack: evil names acme's prefix key (and sends acme's prompt) to learn from `reuse_prefixes`
+    and from its own `cached_tokens` whether acme's prompt is cached, and to become a user of
+    acme's prefix (its eviction priority, its pins). One worker, so both calls meet there."""
+
+    async def attack(c: Cluster):
+        core = c.server.core
+        w = c.worker_stub(0)
+        prompt = list(range(1, 201))
+        key = pb.Prefix(key="shared-k", num_tokens=150, namespace="")
+
+        async def call(who, pid, cid):
+            ans = await c.submit(who, pid, cid, prefixes=[key])
+            req = pb.GenerateRequest(call_id=cid, program_id=pid, prompt_ids=prompt, max_new_tokens=4,
+                                     hints=ans.hints, ignore_eos=True, prefixes=[key])
+            events = [e async for e in w.Generate(req, metadata=md(who))]
+            return ans, events[-1].result
+
+        await c.open("acme", "p", spec_json)
+        await call("acme", "p", "p#0")
+        await c.stub.ReportTool(pb.ReportToolRequest(program_id="p", step="run", tool="bash", finished=False),
+                                metadata=md("acme"))
+        await c.stub.ReportTool(pb.ReportToolRequest(program_id="p", step="run", tool="bash", finished=True,
+                                                     duration_s=1.0), metadata=md("acme"))
+        acme_again, acme_res = await call("acme", "p", "p#1")
+        assert list(acme_again.hints.reuse_prefixes) == ["shared-k"]  # acme's own: named as acme named it
+        assert acme_res.cached_tokens > 0  # the prompt is cached
+
+        await c.open("evil", "q", spec_json)
+        evil_ans, evil_res = await call("evil", "q", "q#0")
+        assert list(evil_ans.hints.reuse_prefixes) == []  # nothing of acme's reaches evil's answer
+        assert evil_res.cached_tokens == 0  # and the cache does not hit on acme's tokens
+        # inside the scheduler: two prefixes, each used by its own tenant's program only
+        acme_pre, evil_pre = core.sched.prefixes["acme/shared-k"], core.sched.prefixes["evil/shared-k"]
+        assert {p for ps in acme_pre.users.values() for p in ps} == {"acme/p"}
+        assert {p for ps in evil_pre.users.values() for p in ps} == {"evil/q"}
+        assert "shared-k" not in core.sched.prefixes
+        # on the worker: evil's declaration did not take acme's entry
+        book = c.agents[0].engine.book
+        assert book.get("acme/shared-k").namespace == "acme" and book.get("evil/shared-k").namespace == "evil"
+
+    run(attack, tmp_path, workers=("w0",))
+
+
+def test_a_tenants_pins_reach_its_worker_and_no_other_tenant_can_take_or_end_them(tmp_path, spec_json):
+    """Attack: evil claims the key of acme's cached conversation (its content address, which evil
+    can compute from the prompt) and starts a tool first, to hold the pin slot acme's program needs
+    and end it at its own next call. Each tenant's pin is its own; acme's reaches the worker's engine
+    under the engine's own name for the sequence."""
+    from agentflow.runtime.decision import UnpinReason
+
+    spec = spec_json
+    async def attack(c: Cluster):
+        core, agent = c.server.core, c.agents[0]
+        ended = []
+        unpin = core.sched._unpin
+        core.sched._unpin = lambda key, reason: (ended.append((key, reason)), unpin(key, reason))
+        w = c.worker_stub(0)
+        await c.open("acme", "p", spec)
+        sys_prefix = [pb.Prefix(key="sys", num_tokens=100)]
+        ans = await c.submit("acme", "p", "p#0", prefixes=sys_prefix)
+        req = pb.GenerateRequest(call_id="p#0", program_id="p", prompt_ids=list(range(1, 201)), max_new_tokens=8,
+                                 hints=ans.hints, ignore_eos=True, prefixes=sys_prefix)
+        res = [e async for e in w.Generate(req, metadata=md("acme"))][-1].result
+        full = res.cached[-1].key  # the engine's content address of acme's prompt + output
+        await c.open("evil", "q", spec)
+        await c.submit("evil", "q", "q#0", prefixes=[pb.Prefix(key=full, num_tokens=150)])
+        done = pb.ReportCallRequest(call_id="evil/q#0", worker_id="w0", kind=pb.ReportCallRequest.FINISHED,
+                                    output_tokens=8, cached=[pb.Prefix(key=full, num_tokens=150)])
+        await c.stub.ReportCall(done, metadata=md("w0"))
+        for who, pid in (("evil", "q"), ("acme", "p")):  # evil's tool starts first
+            await c.stub.ReportTool(pb.ReportToolRequest(program_id=pid, step="run", tool="bash", finished=False),
+                                    metadata=md(who))
+        for _ in range(100):
+            if agent.engine.worker.pinned_tokens > 0:
+                break
+            await asyncio.sleep(0.02)
+        assert f"acme/{full}" in core.sched.pins and f"evil/{full}" in core.sched.pins
+        assert core.sched.pins[f"acme/{full}"].program_id == "acme/p"
+        assert agent.engine.worker.pinned_tokens >= 208  # acme's sequence, pinned on the worker's engine
+        await c.submit("evil", "q", "q#1")  # evil's next call ends evil's pin, and only that
+        assert (f"evil/{full}", UnpinReason.NEXT_CALL) in ended
+        # acme's pin ends at its TTL (the clock runs 100x here), never by evil's doing
+        assert all(r is UnpinReason.TTL_EXPIRED for k, r in ended if k.startswith("acme/"))
+
+    run(attack, tmp_path, workers=("w0",))
+
+
+def _other_spec(name: str, agent: str = "intruder", tool_hint_s: float | None = None) -> str:
+    """A workflow of the same name as conftest's, with another agent."""
+    from agentflow.spec import WorkflowSpec
+    from agentflow.workflow import Workflow
+
+    wf = Workflow(name)
+    wf.tool("bash", duration_hint_s=tool_hint_s)
+    wf.agent(agent, system_prompt="x", tools=["bash"])
+    wf.llm("think", agent=agent)
+    wf.call("run", tool="bash")
+    wf.sequence("think", "run")
+    return WorkflowSpec.from_compiled(wf.compile()).to_json()
+
+
+def test_same_named_workflows_of_two_tenants_learn_apart(tmp_path, spec_json):
+    """Attack: evil opens a workflow of the name acme uses (to be refused as acme's name, or to
+    share its statistics), then teaches the scheduler that "bash" runs 600 s and that the workflow
+    ends after one call, to spoil acme's pin times and remaining-work estimates."""
+
+    async def attack(c: Cluster):
+        core = c.server.core
+        resp = await c.stub.OpenProgram(pb.OpenProgramRequest(program_id="x", workflow_spec=_other_spec("coder-loop")),
+                                        metadata=md("evil"))
+        assert resp.created  # the name is evil's own: not refused as taken, nor a hint that acme uses it
+        await c.stub.CloseProgram(pb.CloseProgramRequest(program_id="x"), metadata=md("evil"))
+        for i in range(30):
+            pid = f"e{i}"
+            await c.open("evil", pid, spec_json)
+            if i < 6:
+                await c.submit("evil", pid, f"{pid}#0")
+            for finished in (False, True):
+                await c.stub.ReportTool(pb.ReportToolRequest(program_id=pid, step="run", tool="bash", finished=finished,
+                                                             duration_s=600.0), metadata=md("evil"))
+            await c.stub.CloseProgram(pb.CloseProgramRequest(program_id=pid), metadata=md("evil"))
+        await c.open("acme", "p", spec_json)
+        await c.open("acme", "p-other", _other_spec("other-name"))
+        ans = await c.submit("acme", "p", "p#0", prefixes=[pb.Prefix(key="sys", num_tokens=100)])
+        await c.stub.ReportCall(pb.ReportCallRequest(call_id="acme/p#0", worker_id=ans.worker_id,
+                                                     kind=pb.ReportCallRequest.FINISHED, output_tokens=8,
+                                                     cached=[pb.Prefix(key="sys", num_tokens=100)]),
+                                metadata=md(ans.worker_id))
+        await c.stub.ReportTool(pb.ReportToolRequest(program_id="p", step="run", tool="bash", finished=False),
+                                metadata=md("acme"))
+        await asyncio.sleep(0.1)
+        sched = core.sched
+        wf = sched.programs["acme/p"].graph.name
+        assert sched.remaining.remaining_calls(wf, 1) is None  # nothing learned from evil's programs
+        assert sched.remaining.num_finished(sched.programs["evil/e0"].graph.name if "evil/e0" in sched.programs
+                                            else "evil/coder-loop") >= 5
+        pin = sched.pins.get("acme/sys")
+        assert pin is not None  # acme's tool is expected to return soon (its hint, 2 s): its prefix is pinned
+        assert pin.expires_at_s - pin.pinned_at_s < 60.0  # chosen from acme's durations, not evil's 600 s
+        assert sched.tool_stats.count(_tool_scoped("evil", "bash")) == 30
+        assert sched.tool_stats.count(_tool_scoped("acme", "bash")) == 0
+
+    run(attack, tmp_path)
+
+
+def _certificates(tmp_path, names: dict[str, str]) -> None:
+    """A test CA and, for each file name, a certificate with that common name (SAN 127.0.0.1)."""
+    import shutil
+    import subprocess
+
+    if shutil.which("openssl") is None:
+        pytest.skip("needs the openssl command to make test certificates")
+
+    def ssl(*args):
+        subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=tmp_path)
+
+    ssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "1",
+        "-subj", "/CN=test-ca")
+    (tmp_path / "san.ext").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
+    for name, cn in names.items():
+        ssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr",
+            "-subj", f"/CN={cn}")
+        ssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+            "-out", f"{name}.pem", "-days", "1", "-extfile", "san.ext")
+
+
+def test_mtls_on_the_worker_link_and_a_worker_certificate_is_only_its_own_id(tmp_path, spec_json):
+    """mTLS on the worker side: worker w0 registers with its certificate ("worker:w0"), serves its own
+    endpoint with it and asks clients for theirs; a call of tenant acme runs there end to end (acme's
+    certificate on both hops, w0's report accepted as w0's). Attacks: a worker certificate of
+    another id ("worker:w9") or a client's ("client:acme") registering as w1, and a worker
+    certificate calling Generate, are refused; no certificate gets no connection."""
+    _certificates(tmp_path, {"srv": "localhost", "w0": "worker:w0", "w9": "worker:w9", "acme": "client:acme"})
+    t = lambda n: str(tmp_path / n)  # noqa: E731
+
+    def worker(wid: str, cert: str):
+        return build_worker(scheduler=addr, engine="sim", worker_id=wid, time_scale=SCALE,
+                            transport=Transport(tls_cert=t("ca.pem"), tls_key=t(f"{cert}.key"),
+                                                client_cert=t(f"{cert}.pem"), client_ca=t("ca.pem")))
+
+    async def main():
+        nonlocal addr
+        server, _ = build_scheduler(listen="127.0.0.1:0", time_scale=SCALE, heartbeat_interval_s=0.1,
+                                    transport=Transport(tls_cert=t("srv.pem"), tls_key=t("srv.key"),
+                                                        client_ca=t("ca.pem")))
+        addr = f"127.0.0.1:{await server.start()}"
+        agents = []
+        channels = []
+        try:
+            w0 = worker("w0", "w0")
+            agents.append(w0)
+            await w0.start()
+            await w0.wait_registered()
+            for cert in ("w9", "acme"):  # another worker's certificate, a client's: never worker w1
+                impostor = worker("w1", cert)
+                agents.append(impostor)
+                await impostor.start()
+                why = await asyncio.wait_for(impostor.failed, 10)
+                assert "PERMISSION_DENIED" in why and "w1" in why
+            assert set(server.core.workers) == {"w0"}
+
+            acme = Transport(tls_cert=t("ca.pem"), tls_key=t("acme.key"), client_cert=t("acme.pem"))
+            sched = acme.channel(addr)
+            channels.append(sched)
+            stub = pbg.SchedulerStub(sched)
+            await stub.OpenProgram(pb.OpenProgramRequest(program_id="p", workflow_spec=spec_json))
+            ans = await stub.SubmitCall(pb.SubmitCallRequest(program_id="p", call_id="p#0", step="think",
+                                                             prompt_tokens=200))
+            assert ans.worker_id == "w0" and ans.worker_address == w0.address
+            to_worker = acme.channel(ans.worker_address)  # the worker's own endpoint, over mTLS
+            channels.append(to_worker)
+            req = pb.GenerateRequest(call_id="p#0", program_id="p", prompt_ids=list(range(1, 201)),
+                                     max_new_tokens=4, hints=ans.hints, ignore_eos=True)
+            events = [e async for e in pbg.WorkerStub(to_worker).Generate(req)]
+            assert events[-1].result.prompt_tokens == 200
+            assert "acme/p#0" not in server.core.sched.calls  # w0's FINISHED report, as w0, was accepted
+
+            w9 = Transport(tls_cert=t("ca.pem"), tls_key=t("w9.key"), client_cert=t("w9.pem")).channel(w0.address)
+            none = Transport(tls_cert=t("ca.pem")).channel(w0.address)
+            channels += [w9, none]
+            code, msg = await status(_drain(pbg.WorkerStub(w9).Generate(req)))
+            assert code == grpc.StatusCode.PERMISSION_DENIED and "worker credential" in msg
+            code, _ = await status(pbg.WorkerStub(none).GetState(pb.GetStateRequest(), timeout=3))
+            assert code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+        finally:
+            for ch in channels:
+                await ch.close()
+            for a in agents:
+                await a.stop(0)
+            await server.stop(0)
+
+    addr = ""
+    asyncio.run(main())

@@ -27,6 +27,9 @@ time scales one step is microseconds of wall time, and a wake-up per step would 
 loop, not the model. A request that arrives during such a stretch waits for its end (at most
 `min_wall_step_s` of wall time), as the replay's multi-step iterations do.
 
+Namespaces: a request's namespace (a tenant) keys its tokens in the caches (`namespaced`): equal
+prompts of two namespaces share nothing, as with SGLang's `extra_key`.
+
 Prefixes: keys are learnt from requests (`PrefixRef.num_tokens` leading tokens of the prompt) and
 from what finished calls cached (prompt + output, `prefix_key`); a decision naming an unknown key
 is ignored. Priorities are remembered per key and re-applied whenever the key's tokens are
@@ -88,6 +91,18 @@ def word_id(word: str) -> int:
 
 
 _VOCAB_IDS = tuple(word_id(w) for w in _VOCAB)
+
+
+def namespaced(prompt: bytes, namespace: str) -> bytes:
+    """The packed prompt as the caches key it in `namespace`: its first token is replaced by a hash of
+    the namespace and that token, so that sequences of different namespaces part at their first
+    token and never share a cached node (SGLang's `extra_key` does the same inside its radix tree: one
+    tenant neither hits on, nor learns from its hits whether, another tenant's prompt is cached);
+    the length, and so every cost, is unchanged. The default namespace keeps the tokens as they are."""
+    if not prompt or namespace in ("", "default"):
+        return prompt
+    head = hashlib.blake2b(namespace.encode() + b"\0" + prompt[:B], digest_size=B).digest()
+    return head + prompt[B:]
 
 
 def pseudo_output(call_id: Hashable, num_tokens: int) -> tuple[int, ...]:
@@ -203,7 +218,7 @@ class SimEngine:
             raise EngineError(f"call {request.call_id!r}: empty prompt")
         if request.call_id in self._pending:
             raise EngineError(f"call {request.call_id!r} is already running on {self.name}")
-        prompt = pack_tokens(request.prompt_ids)
+        prompt = namespaced(pack_tokens(request.prompt_ids), request.namespace)
         out_ids = request.forced_output_ids or self._output_of(request)
         sim = SimRequest(call_id=request.call_id, program_id=request.program_id, tokens=prompt,
                          output_ids=pack_tokens(out_ids), submitted_s=self.now_s())
