@@ -838,8 +838,11 @@ def test_same_named_workflows_of_two_tenants_learn_apart(tmp_path, spec_json):
                                 metadata=md(ans.worker_id))
         await c.stub.ReportTool(pb.ReportToolRequest(program_id="p", step="run", tool="bash", finished=False),
                                 metadata=md("acme"))
-        await asyncio.sleep(0.1)
         sched = core.sched
+        for _ in range(100):  # the pin rides with the scheduler's next step: wait for it (5 s at most)
+            if "acme/sys" in sched.pins:
+                break
+            await asyncio.sleep(0.05)
         wf = sched.programs["acme/p"].graph.name
         assert sched.remaining.remaining_calls(wf, 1) is None  # nothing learned from evil's programs
         assert sched.remaining.num_finished(sched.programs["evil/e0"].graph.name if "evil/e0" in sched.programs
