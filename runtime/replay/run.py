@@ -150,7 +150,9 @@ def _init_worker(queue) -> None:
 
 def _run_parallel(jobs, procs: int, progress: Callable[[int], None] | None) -> list[tuple[dict, dict]]:
     """The jobs over `procs` processes; their progress (programs finished) comes back on a queue."""
-    ctx = multiprocessing.get_context()
+    # spawn, not fork: the caller may hold threads (torch, gRPC, a test runner's), and a forked child of
+    # a threaded process can die or hang (a CLI test saw BrokenProcessPool under the default fork)
+    ctx = multiprocessing.get_context("spawn")
     queue = ctx.Queue() if progress is not None else None
     with ProcessPoolExecutor(max_workers=procs, mp_context=ctx, initializer=_init_worker,
                              initargs=(queue,)) as pool:
