@@ -28,8 +28,7 @@ from dataclasses import dataclass, replace
 from agentflow.runtime.engines.sim.costmodel import make_cost_model
 from agentflow.runtime.policies import Policy, StaticCap, make_policy
 from agentflow.runtime.replay.engine import Replay, ReplayConfig
-from agentflow.runtime.replay.planning import planning_graph
-from agentflow.runtime.workload import ClosedLoop, load_workload, poisson_arrivals
+from agentflow.runtime.workload import ClosedLoop, poisson_arrivals
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -59,18 +58,10 @@ def policy_of(name: str) -> Policy | str:
     return name
 
 
-_CACHE: dict = {}  # per process: loaded workloads, planning graphs and token ids, reused across runs
-
-
 def run_one(spec: RunSpec) -> dict:
-    from agentflow.runtime.replay.run import default_concurrency
+    from agentflow.runtime.replay.run import default_concurrency, prepared_workload
 
-    key = (spec.workload, spec.num_programs)
-    if key not in _CACHE:
-        wl = load_workload(spec.workload)
-        programs = list(wl.programs)[: spec.num_programs] if spec.num_programs else list(wl.programs)
-        _CACHE[key] = (wl, programs, planning_graph(programs, name=f"replay-{wl.header.source}"), {})
-    wl, programs, plan, prepared = _CACHE[key]
+    _, programs, plan, prepared = prepared_workload(spec.workload, spec.num_programs or None, spec.seed)
     cost = make_cost_model(spec.preset)
     if spec.rate_per_s is not None:
         arrivals = poisson_arrivals(programs, rate_per_s=spec.rate_per_s, seed=spec.seed)

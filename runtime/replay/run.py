@@ -8,7 +8,7 @@ import os
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from queue import Empty
 
 from agentflow.runtime.engines.sim.costmodel import make_cost_model
@@ -68,12 +68,10 @@ def run(setup: ReplaySetup, progress: Callable[[int], None] | None = None,
     processes (default: one per core); each run is deterministic and independent of the others,
     so the results are the same as one after another."""
     _check(setup)
-    wl = load_workload(setup.workload)
-    programs = wl.programs[: setup.num_programs] if setup.num_programs is not None else list(wl.programs)
+    wl, programs, plan, _ = prepared_workload(setup.workload, setup.num_programs)
     cost = make_cost_model(setup.preset)
     kv = setup.kv_capacity_tokens or cost.kv_capacity_tokens
     check_fits(programs, kv)  # a call larger than the pool would wait forever
-    plan = planning_graph(programs, name=f"replay-{wl.header.source}")
     arrival = "closed-loop"
     concurrency = setup.concurrency
     if setup.rate_per_s is not None:
@@ -91,9 +89,8 @@ def run(setup: ReplaySetup, progress: Callable[[int], None] | None = None,
         "arrivals": arrival, "concurrency": concurrency, "seed": setup.seed,
         "policies": list(setup.policies),
     }
-    _PROCESS.clear()
-    _PROCESS[(setup.workload, setup.num_programs)] = (programs, plan, {})  # the sequential path's (and fork's)
-    jobs = [(setup, name) for name in setup.policies]
+    resolved = replace(setup, concurrency=concurrency)
+    jobs = [(resolved, name) for name in setup.policies]
     procs = min(len(jobs), processes if processes is not None else (os.cpu_count() or 1))
     if procs <= 1:
         done = [_run_policy(job, progress) for job in jobs]
@@ -104,32 +101,37 @@ def run(setup: ReplaySetup, progress: Callable[[int], None] | None = None,
     return config, results, series
 
 
-_PROCESS: dict = {}  # per worker process: the workload, planning graph and token ids, reused across policies
+_PREPARED: dict = {}  # per process: (workload, number of programs) -> what every run of them shares
+_PREPARED_KEPT = 4
 _PROGRESS = None  # per worker process: the queue its progress goes to
 
 
-def _prepare(setup: ReplaySetup):
-    key = (setup.workload, setup.num_programs)
-    if key not in _PROCESS:
-        wl = load_workload(setup.workload)
-        programs = wl.programs[: setup.num_programs] if setup.num_programs is not None else list(wl.programs)
-        _PROCESS.clear()
-        _PROCESS[key] = (programs, planning_graph(programs, name=f"replay-{wl.header.source}"), {})
-    return _PROCESS[key]
+def prepared_workload(workload: str, num_programs: int | None = None, seed: int = 0):
+    """(workload, its first `num_programs` programs, their planning graph, token ids per program for
+    `seed`), kept per process for the runs that follow (every policy of a replay, every run of a load
+    sweep): token ids depend only on the seed, so runs with one seed share them. The last few
+    workloads are kept."""
+    key = (workload, num_programs)
+    if key not in _PREPARED:
+        wl = load_workload(workload)
+        programs = list(wl.programs[:num_programs]) if num_programs is not None else list(wl.programs)
+        while len(_PREPARED) >= _PREPARED_KEPT:
+            del _PREPARED[next(iter(_PREPARED))]
+        _PREPARED[key] = (wl, programs, planning_graph(programs, name=f"replay-{wl.header.source}"), {})
+    wl, programs, plan, ids_by_seed = _PREPARED[key]
+    return wl, programs, plan, ids_by_seed.setdefault(seed, {})
 
 
 def _run_policy(job: tuple[ReplaySetup, str], progress: Callable[[int], None] | None = None) -> tuple[dict, dict]:
-    setup, name = job
-    programs, plan, prepared = _prepare(setup)
+    setup, name = job  # setup.concurrency resolved by run()
+    _, programs, plan, prepared = prepared_workload(setup.workload, setup.num_programs, setup.seed)
     cost = make_cost_model(setup.preset)
     if setup.rate_per_s is not None:
         arrivals = poisson_arrivals(programs, rate_per_s=setup.rate_per_s, seed=setup.seed)
     elif setup.recorded:
         arrivals = recorded_arrivals(programs)
     else:
-        kv = setup.kv_capacity_tokens or cost.kv_capacity_tokens
-        concurrency = setup.concurrency or default_concurrency(programs, kv * setup.workers)
-        arrivals = ClosedLoop(programs, num_in_flight=concurrency)
+        arrivals = ClosedLoop(programs, num_in_flight=setup.concurrency)
     rc = ReplayConfig(workers=setup.workers, kv_capacity_tokens=setup.kv_capacity_tokens,
                       host_capacity_tokens=setup.host_capacity_tokens, seed=setup.seed,
                       sample_every_s=SAMPLE_EVERY_S)
@@ -171,4 +173,4 @@ def _run_parallel(jobs, procs: int, progress: Callable[[int], None] | None) -> l
     return out
 
 
-__all__ = ["ReplaySetup", "asdict", "default_concurrency", "run"]
+__all__ = ["ReplaySetup", "asdict", "default_concurrency", "prepared_workload", "run"]
