@@ -32,35 +32,28 @@ def prefix_from_pb(p: pb.Prefix) -> PrefixRef:
     return PrefixRef(key=p.key, parent=p.parent or None, num_tokens=p.num_tokens, namespace=p.namespace or "default")
 
 
-def prefixes_from_pb(ps, where: str) -> tuple[PrefixRef, ...]:
+def _checked(ps, where: str):
+    """The prefixes of a message, each checked at the edge (an error names `where[i].field`)."""
     from agentflow.runtime.service.core import Code, ServiceError
 
-    out = []
     for i, p in enumerate(ps):
         if not p.key:
             raise ServiceError(Code.INVALID_ARGUMENT, "must not be empty", field=f"{where}[{i}].key")
         if p.num_tokens < 0:
             raise ServiceError(Code.INVALID_ARGUMENT, f"must be >= 0 (got {p.num_tokens})",
                                field=f"{where}[{i}].num_tokens")
-        out.append(prefix_from_pb(p))
-    return tuple(out)
+        yield p
+
+
+def prefixes_from_pb(ps, where: str) -> tuple[PrefixRef, ...]:
+    return tuple(prefix_from_pb(p) for p in _checked(ps, where))
 
 
 def scoped_prefixes_from_pb(ps, scope: str) -> tuple[PrefixRef, ...]:
     """A client's prefixes, keyed in its tenant ("tenant/key", parent too; namespace the tenant)."""
-    from agentflow.runtime.service.core import Code, ServiceError
-
     tenant = scope[:-1]
-    out = []
-    for i, p in enumerate(ps):
-        if not p.key:
-            raise ServiceError(Code.INVALID_ARGUMENT, "must not be empty", field=f"prefixes[{i}].key")
-        if p.num_tokens < 0:
-            raise ServiceError(Code.INVALID_ARGUMENT, f"must be >= 0 (got {p.num_tokens})",
-                               field=f"prefixes[{i}].num_tokens")
-        out.append(PrefixRef(key=scope + p.key, parent=scope + p.parent if p.parent else None,
-                             num_tokens=p.num_tokens, namespace=tenant))
-    return tuple(out)
+    return tuple(PrefixRef(key=scope + p.key, parent=scope + p.parent if p.parent else None,
+                           num_tokens=p.num_tokens, namespace=tenant) for p in _checked(ps, "prefixes"))
 
 
 def spec_to_pb(s: WorkerSpec) -> pb.WorkerInfo:

@@ -658,22 +658,7 @@ def test_a_taken_port_and_a_wrong_worker_token_end_with_one_line(tmp_path):
 def test_mtls_certificate_names_are_identities(tmp_path, spec_json):
     """mTLS identities (the scheduler side): a client certificate named "client:acme" is tenant acme;
     one signed by the CA with another name is nobody; no certificate: no connection."""
-    import shutil
-    import subprocess
-
-    if shutil.which("openssl") is None:
-        pytest.skip("needs the openssl command to make test certificates")
-
-    def ssl(*args):
-        subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=tmp_path)
-
-    ssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "1",
-        "-subj", "/CN=test-ca")
-    (tmp_path / "san.ext").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
-    for name, cn in (("srv", "localhost"), ("acme", "client:acme"), ("bogus", "somebody")):
-        ssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={cn}")
-        ssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
-            "-out", f"{name}.pem", "-days", "1", *(["-extfile", "san.ext"] if name == "srv" else []))
+    _certificates(tmp_path, {"srv": "localhost", "acme": "client:acme", "bogus": "somebody"})
     t = lambda n: str(tmp_path / n)  # noqa: E731
 
     async def main():
